@@ -1,0 +1,104 @@
+"""The checkpoint format, strict loading and the shared preprocessing."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src.exceptions import CheckpointError
+from src.models import (
+    ModelMetadata,
+    build_model,
+    build_preprocess,
+    load_classifier,
+    read_checkpoint,
+    resize_center_crop,
+    save_checkpoint,
+)
+from tests.conftest import TINY_ARCH, TINY_SIZE, make_checkpoint
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "m.pt", seed=3, metrics={"auc": 0.9}, threshold=0.4)
+    loaded = load_classifier(path, torch.device("cpu"))
+    assert loaded.metadata.architecture == TINY_ARCH
+    assert loaded.metadata.metrics == {"auc": 0.9}
+    assert loaded.metadata.threshold == 0.4
+    torch.manual_seed(3)
+    reference = build_model(TINY_ARCH).eval()
+    x = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    with torch.inference_mode():
+        expected = torch.softmax(reference(x), dim=1)
+    assert torch.allclose(loaded.predict_proba(x), expected, atol=1e-6)
+    assert not loaded.model.training
+    assert list(tmp_path.iterdir()) == [path], "a temp file was left behind"
+
+
+def test_checkpoint_that_does_not_match_its_metadata_is_refused(tmp_path: Path) -> None:
+    model = build_model("mobilenetv3_small_050")
+    path = save_checkpoint(
+        tmp_path / "m.pt", model.state_dict(), ModelMetadata(architecture=TINY_ARCH)
+    )
+    with pytest.raises(CheckpointError, match="does not match its metadata"):
+        load_classifier(path, torch.device("cpu"))
+
+
+def test_label_count_must_match_the_head(tmp_path: Path) -> None:
+    model = build_model(TINY_ARCH, num_classes=2)
+    meta = ModelMetadata(architecture=TINY_ARCH, labels=["real", "fake", "other"])
+    path = save_checkpoint(tmp_path / "m.pt", model.state_dict(), meta)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_classifier(path, torch.device("cpu"))
+
+
+def test_unsafe_pickles_and_foreign_files_are_refused(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pt"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("owned",))
+
+    evil.write_bytes(pickle.dumps({"format": "dfd-checkpoint/1", "x": Payload()}))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        read_checkpoint(evil)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(1)}, plain)
+    with pytest.raises(CheckpointError, match="is not a dfd-checkpoint"):
+        read_checkpoint(plain)
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "absent.pt")
+    torch.save(
+        {"format": "dfd-checkpoint/1", "metadata": {"labels": ["a"]}, "state_dict": {}}, plain
+    )
+    with pytest.raises(CheckpointError, match="invalid metadata"):
+        read_checkpoint(plain)
+
+
+def test_unknown_architecture_is_a_checkpoint_error() -> None:
+    with pytest.raises(CheckpointError, match="unknown architecture"):
+        build_model("no_such_net_v9")
+
+
+def test_preprocess_follows_metadata() -> None:
+    meta = ModelMetadata(
+        architecture=TINY_ARCH, input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+    )
+    preprocess = build_preprocess(meta)
+    gray = np.full((60, 90, 3), 191, dtype=np.uint8)
+    tensor = preprocess(gray)
+    assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32
+    assert torch.allclose(tensor, torch.full_like(tensor, (191 / 255 - 0.5) / 0.25), atol=1e-4)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        preprocess(np.zeros((10, 10), dtype=np.uint8))
+
+
+def test_resize_center_crop_keeps_the_centre() -> None:
+    image = np.zeros((100, 300, 3), dtype=np.uint8)
+    image[:, 100:200] = 255  # a white band in the middle third
+    crop = resize_center_crop(image, 50)
+    assert crop.shape == (50, 50, 3)
+    assert crop.mean() > 250
