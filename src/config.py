@@ -32,6 +32,7 @@ class Settings(BaseSettings):
         env_prefix="DFD_",
         env_file=".env",
         env_file_encoding="utf-8",
+        env_ignore_empty=True,
         extra="ignore",
         protected_namespaces=(),
     )

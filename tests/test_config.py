@@ -112,3 +112,20 @@ def test_serve_refuses_bad_config_before_serving(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "checkpoint not found" in result.stderr
+
+
+def test_env_example_documents_every_setting_and_loads(
+    checkpoint_path: Path, tmp_path: Path
+) -> None:
+    example = Path(__file__).resolve().parents[1] / ".env.example"
+    text = example.read_text()
+    for name in Settings.model_fields:
+        if name == "legacy_api_key":
+            assert "MODEL_API_KEY" in text
+            continue
+        assert f"DFD_{name.upper()}=" in text, f"DFD_{name.upper()} is not documented"
+    env_file = tmp_path / ".env"
+    env_file.write_text(text.replace("checkpoints/demo/model.pt", str(checkpoint_path)))
+    settings = load_settings(_env_file=env_file)
+    assert settings.api_keys == [DEFAULT_DEV_API_KEY]
+    assert settings.torch_threads is None

@@ -1,0 +1,37 @@
+# One venv, made and kept up to date by `make setup`; every other target depends on it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint format typecheck demo-data train-demo evaluate-demo bench container-check lint-deploy clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+## Serve the committed demo model on http://127.0.0.1:8000 (key: demo-key in development).
+run: setup
+	$(PY) -m src.serve
+
+## Lint, type-check and run the whole test suite with coverage.
+test: setup lint typecheck
+	$(PY) -m pytest --cov=src --cov-report=term-missing:skip-covered
+
+lint: setup
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
+
+format: setup
+	$(PY) -m ruff format src tests bench
+	$(PY) -m ruff check --fix src tests bench
+
+typecheck: setup
+	$(PY) -m mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
