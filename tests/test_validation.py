@@ -171,3 +171,31 @@ async def test_auth_is_checked_before_the_body_is_read(small_client: httpx.Async
     big = b"\x00" * 50_000
     response = await small_client.post("/infer", files=infer_files(big))
     assert_error(response, 401, "unauthorized")
+
+
+async def test_client_that_disconnects_mid_upload_is_not_an_error(settings: Settings) -> None:
+    app = create_app(settings)
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        if not sent:
+            sent.append({})
+            return {"type": "http.request", "body": b"\xff\xd8\xff" * 100, "more_body": True}
+        return {"type": "http.disconnect"}
+
+    messages: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/infer", "raw_path": b"/infer",
+        "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+        "server": ("test", 80), "client": ("127.0.0.1", 1),
+        "headers": [(b"x-api-key", TEST_KEY.encode()), (b"content-type", b"image/jpeg")],
+    }
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        assert app.state.service.pending == 0
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    assert start["status"] == 499

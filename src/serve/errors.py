@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from src.exceptions import DeepfakeServiceError
 from src.inference import ClientDisconnectedError
@@ -63,3 +64,4 @@ def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(ClientDisconnectedError, handle_client_disconnect)
+    app.add_exception_handler(ClientDisconnect, handle_client_disconnect)
