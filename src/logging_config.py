@@ -16,6 +16,7 @@ class RequestIdFilter(logging.Filter):
     """Adds ``request_id`` to every record (None outside a request)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate
         if not hasattr(record, "request_id"):
             record.request_id = current_request_id()
         return True

@@ -66,6 +66,28 @@ def wait_ready(base: str, process: subprocess.Popen[str], timeout: float = 120) 
     raise AssertionError("server never became ready")
 
 
+def infer_counts(base: str) -> tuple[float, float]:
+    """(/infer requests finished, requests in flight other than this scrape)."""
+    finished, in_flight = 0.0, 0.0
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith("dfd_http_requests_total{") and 'route="/infer"' in line:
+            finished += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("dfd_http_requests_in_flight "):
+            in_flight = float(line.rsplit(" ", 1)[1]) - 1
+    return finished, in_flight
+
+
+def wait_until_all_connected(base: str, expected: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        finished, in_flight = infer_counts(base)
+        if finished + in_flight >= expected:
+            assert in_flight >= 1, "every request finished before SIGTERM; make the work slower"
+            return
+        time.sleep(0.01)
+    raise AssertionError("the requests never reached the server")
+
+
 def test_sigterm_drains_requests_in_flight_and_exits_zero(slow_checkpoint: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -85,7 +107,7 @@ def test_sigterm_drains_requests_in_flight_and_exits_zero(slow_checkpoint: Path)
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             futures = [pool.submit(post, i) for i in range(16)]
-            time.sleep(0.3)  # every request is connected and queued behind the model
+            wait_until_all_connected(base, expected=16)
             process.send_signal(signal.SIGTERM)
             statuses = [f.result() for f in futures]
         exit_code = process.wait(timeout=60)
