@@ -210,3 +210,20 @@ async def test_many_concurrent_requests_each_get_their_own_answer(
     assert max(b["timings"]["batch_size"] for b in bodies) > 1, "requests were never batched"
     for single, batched in zip(singles, bodies[:6], strict=True):
         assert batched["fake_prob"] == pytest.approx(single["fake_prob"], abs=1e-4)
+
+
+async def test_face_crop_setting_scores_faces_and_refuses_faceless_frames(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    from pathlib import Path
+
+    face = (Path(__file__).resolve().parents[1] / "examples" / "real_0.jpg").read_bytes()
+    app = create_app(settings_factory(face_crop="on"))
+    async for c in started_client(app):
+        scored = await c.post("/infer", files=infer_files(face), headers=AUTH)
+        assert scored.status_code == 200, scored.text
+        faceless = await c.post(
+            "/infer", files=infer_files(image_bytes(size=(160, 160))), headers=AUTH
+        )
+        assert_error(faceless, 422, "no_face_detected")
+        assert (await c.get("/ready")).status_code == 200
