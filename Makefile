@@ -36,3 +36,10 @@ typecheck: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+
+## Deployment checks (not in CI): Dockerfile/compose/k8s lint, and a real podman build + run.
+lint-deploy: setup
+	bash scripts/lint_deploy.sh
+
+container-check: setup
+	bash scripts/container_check.sh
