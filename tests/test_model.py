@@ -36,6 +36,7 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path: Path) -> None:
     assert torch.allclose(loaded.predict_proba(x), expected, atol=1e-6)
     assert not loaded.model.training
     assert list(tmp_path.iterdir()) == [path], "a temp file was left behind"
+    assert path.stat().st_mode & 0o044 == 0o044, "checkpoint is not readable by other users"
 
 
 def test_checkpoint_that_does_not_match_its_metadata_is_refused(tmp_path: Path) -> None:

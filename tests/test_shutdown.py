@@ -48,7 +48,11 @@ def start_server(checkpoint: Path, port: int) -> subprocess.Popen[str]:
     )
     return subprocess.Popen(
         [sys.executable, "-m", "src.serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -56,7 +60,9 @@ def wait_ready(base: str, process: subprocess.Popen[str], timeout: float = 120) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{process.stdout.read() if process.stdout else ''}")
+            raise AssertionError(
+                f"server exited early:\n{process.stdout.read() if process.stdout else ''}"
+            )
         try:
             if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
                 return

@@ -189,9 +189,16 @@ async def test_client_that_disconnects_mid_upload_is_not_an_error(settings: Sett
         messages.append(message)
 
     scope = {
-        "type": "http", "method": "POST", "path": "/infer", "raw_path": b"/infer",
-        "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
-        "server": ("test", 80), "client": ("127.0.0.1", 1),
+        "type": "http",
+        "method": "POST",
+        "path": "/infer",
+        "raw_path": b"/infer",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "http_version": "1.1",
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 1),
         "headers": [(b"x-api-key", TEST_KEY.encode()), (b"content-type", b"image/jpeg")],
     }
     async with app.router.lifespan_context(app):

@@ -83,6 +83,7 @@ def save_checkpoint(
         payload["training"] = training
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; a non-root server must read it
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
