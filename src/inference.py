@@ -97,7 +97,7 @@ class AsyncInferenceService:
         self._preprocessing = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._accepting = False
+        self._drain_started_at: float | None = None
         self._started = False
         self._batcher: asyncio.Task[None] | None = None
         self._preprocess_pool: ThreadPoolExecutor | None = None
@@ -106,7 +106,19 @@ class AsyncInferenceService:
     # ----------------------------------------------------------------- lifecycle
     @property
     def ready(self) -> bool:
-        return self._started and self._accepting
+        """Started and not draining: what the readiness probe reports."""
+        return self._started and self._drain_started_at is None
+
+    def accepts(self, arrived_at: float | None = None) -> bool:
+        """Whether a request that arrived at ``arrived_at`` (perf_counter) may still be served.
+
+        While draining, requests that arrived before the drain began are still served; later
+        ones are refused.
+        """
+        if not self._started:
+            return False
+        drain = self._drain_started_at
+        return drain is None or (arrived_at is not None and arrived_at < drain)
 
     @property
     def pending(self) -> int:
@@ -123,15 +135,16 @@ class AsyncInferenceService:
         await self._run_on(self._model_thread, self._warm_up)
         self._batcher = asyncio.create_task(self._batch_loop(), name="batcher")
         self._started = True
-        self._accepting = True
+        self._drain_started_at = None
         self.metrics.ready.set(1)
         logger.info("inference service ready", extra={"batching": self.config.__dict__})
 
     def begin_drain(self) -> None:
-        """Stop taking new work (readiness turns 503); work already admitted still finishes."""
-        if self._accepting:
-            logger.info("draining: new inference requests are refused")
-        self._accepting = False
+        """Readiness turns 503 and requests arriving from now on are refused; requests that
+        arrived earlier are still served."""
+        if self._drain_started_at is None:
+            self._drain_started_at = time.perf_counter()
+            logger.info("draining: readiness is 503 and new inference requests are refused")
         self.metrics.ready.set(0)
 
     async def stop(self, drain_timeout_s: float = 0.0) -> None:
@@ -161,9 +174,9 @@ class AsyncInferenceService:
 
     # ----------------------------------------------------------------- admission
     @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self, arrived_at: float | None = None) -> Iterator[None]:
         """Reserve a place for one request, or refuse at once (503) when the service is full."""
-        if not self._accepting:
+        if not self.accepts(arrived_at):
             raise ServiceUnavailableError("the service is not accepting requests")
         if self._pending >= self.config.max_pending:
             self.metrics.rejected.labels(reason="queue_full").inc()

@@ -49,10 +49,12 @@ class RequestContextMiddleware:
             return
         request_id = incoming_request_id(scope) or uuid.uuid4().hex
         token = request_id_var.set(request_id)
-        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["arrived_at"] = started
         status = 500
         status_sent = False
-        started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, status_sent

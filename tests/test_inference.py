@@ -277,3 +277,20 @@ async def test_many_clients_through_http(settings: Settings) -> None:
         by_seed.setdefault(i % 5, set()).add(round(r.json()["fake_prob"], 4))
     assert all(len(v) == 1 for v in by_seed.values())
     assert len({next(iter(v)) for v in by_seed.values()}) > 1
+
+
+async def test_draining_serves_requests_that_arrived_before_it(
+    make_service: Callable[..., AsyncInferenceService],
+) -> None:
+    service = make_service()
+    assert not service.accepts(time.perf_counter()), "accepting before start"
+    await service.start()
+    arrived_before = time.perf_counter()
+    service.begin_drain()
+    assert not service.ready
+    with service.admit(arrived_before):
+        assert (await service.predict_array(frames(1)[0])).label in {"real", "fake"}
+    with pytest.raises(ServiceUnavailableError), service.admit(time.perf_counter()):
+        pass
+    with pytest.raises(ServiceUnavailableError), service.admit():
+        pass

@@ -42,7 +42,7 @@ def get_settings(request: Request) -> Settings:
 
 def get_service(request: Request) -> AsyncInferenceService:
     service: AsyncInferenceService | None = getattr(request.app.state, "service", None)
-    if service is None or not service.ready:
+    if service is None or not service.accepts(getattr(request.state, "arrived_at", None)):
         raise ServiceUnavailableError("the model is not loaded yet, or the service is draining")
     return service
 

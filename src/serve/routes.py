@@ -94,7 +94,7 @@ async def infer(
 
     Send the image as multipart field `file` (or as a raw `image/*` body) with `X-API-Key`.
     """
-    with service.admit():
+    with service.admit(request.state.arrived_at):
         data = await read_upload(
             request,
             settings.max_upload_bytes,
