@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     min_image_side: int = Field(default=16, ge=1)
 
     # Batching and backpressure
-    max_batch_size: int = Field(default=8, ge=1, le=1024)
+    max_batch_size: int | None = Field(default=None, ge=1, le=1024)
     batch_timeout_ms: float = Field(default=5.0, ge=0.0, le=10_000)
     max_queue_size: int = Field(default=64, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
@@ -144,6 +144,14 @@ class Settings(BaseSettings):
     @cached_property
     def torch_device(self) -> str:
         return resolve_device(self.device)
+
+    @property
+    def effective_max_batch_size(self) -> int:
+        """4 on a CPU (bigger batches are slower per image on small CPUs; BENCHMARKS.md), 32
+        on a GPU, unless set."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return 32 if self.torch_device.startswith("cuda") else 4
 
     @property
     def effective_torch_threads(self) -> int:

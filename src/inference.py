@@ -83,7 +83,14 @@ class AsyncInferenceService:
         *,
         threshold: float | None = None,
         face_cropper: FaceCropper | None = None,
+        model_thread: ThreadPoolExecutor | None = None,
     ) -> None:
+        """``model_thread``: the one-thread executor the model was loaded on, if any.
+
+        Every torch call should happen on one thread: a second thread running torch brings a
+        second OpenMP team, and on a small CPU the two fight (a batch-1 forward measured 39.5 ms
+        instead of 24.6 ms; BENCHMARKS.md).
+        """
         self.classifier = classifier
         self.metadata = classifier.metadata
         self.config = config
@@ -101,7 +108,7 @@ class AsyncInferenceService:
         self._started = False
         self._batcher: asyncio.Task[None] | None = None
         self._preprocess_pool: ThreadPoolExecutor | None = None
-        self._model_thread: ThreadPoolExecutor | None = None
+        self._model_thread = model_thread
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -126,12 +133,11 @@ class AsyncInferenceService:
 
     async def start(self) -> None:
         """Create the executors, warm the model up, start the batcher, then accept work."""
-        if self.config.torch_threads:
-            torch.set_num_threads(self.config.torch_threads)
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=self.config.preprocess_workers, thread_name_prefix="preprocess"
         )
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        if self._model_thread is None:
+            self._model_thread = new_model_thread()
         await self._run_on(self._model_thread, self._warm_up)
         self._batcher = asyncio.create_task(self._batch_loop(), name="batcher")
         self._started = True
@@ -168,6 +174,8 @@ class AsyncInferenceService:
         logger.info("inference service stopped")
 
     def _warm_up(self) -> None:
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
         size = self.metadata.input_size
         for batch in sorted({1, self.config.max_batch_size}):
             self.classifier.predict_proba(torch.zeros(batch, 3, size, size))
@@ -334,6 +342,11 @@ class AsyncInferenceService:
         loop = asyncio.get_running_loop()
         result: Awaitable[T] = loop.run_in_executor(pool, context.run, fn, *args)
         return await result
+
+
+def new_model_thread() -> ThreadPoolExecutor:
+    """The single thread every torch call of a service runs on."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
 
 def _fail(item: _WorkItem, error: DeepfakeServiceError) -> None:

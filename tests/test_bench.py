@@ -121,8 +121,11 @@ def test_load_generator_against_a_tiny_http_server() -> None:
             first = await read_response(reader)
             writer.close()
             level = await run_level(port, [payload], 4, 20, 10.0, 5.0)
+            polite = await run_level(port, [payload], 1, 5, 10.0, 5.0, retry_after_cap_s=0.2)
         finally:
             server.close()
+        assert polite.summary()["statuses"] == {"200": 4, "503": 1}
+        assert polite.wall_s >= 0.2  # waited for Retry-After (capped) after its 503
         return first, level
 
     first, level = asyncio.run(scenario())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import signal
 import sys
 from typing import Any
@@ -46,6 +47,24 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(create_app(settings), **options)
 
 
+def tune_allocator() -> None:
+    """Keep freed tensor buffers in the heap instead of returning them to the kernel.
+
+    glibc otherwise unmaps large activations after every forward pass and page-faults them back
+    in on the next (25,000 faults per batch of 4; the pass ~30% slower; BENCHMARKS.md). The
+    cost is that resident memory keeps its high-water mark.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    libc.mallopt(m_trim_threshold, 4 * 1024 * 1024 * 1024 - 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -54,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    tune_allocator()
     config = uvicorn_config(settings)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it stopped on once it is done; a graceful stop should

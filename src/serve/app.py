@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from src import __version__
 from src.config import Settings, load_settings
-from src.inference import AsyncInferenceService, BatchingConfig, FaceCropper
+from src.inference import AsyncInferenceService, BatchingConfig, FaceCropper, new_model_thread
 from src.logging_config import setup_logging
 from src.metrics import Metrics
 from src.middleware import RequestContextMiddleware
@@ -58,7 +58,7 @@ def image_limits(settings: Settings) -> ImageLimits:
 
 def batching_config(settings: Settings) -> BatchingConfig:
     return BatchingConfig(
-        max_batch_size=settings.max_batch_size,
+        max_batch_size=settings.effective_max_batch_size,
         batch_timeout_s=settings.batch_timeout_ms / 1000,
         max_pending=settings.max_queue_size,
         request_timeout_s=settings.request_timeout_s,
@@ -100,8 +100,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
     device = torch.device(settings.torch_device)
-    classifier: FrameClassifier = await asyncio.to_thread(
-        load_classifier, settings.checkpoint_path, device
+    # Load on the thread that will run every forward pass (see AsyncInferenceService).
+    model_thread = new_model_thread()
+    classifier: FrameClassifier = await asyncio.get_running_loop().run_in_executor(
+        model_thread, load_classifier, settings.checkpoint_path, device
     )
     service = AsyncInferenceService(
         classifier,
@@ -110,6 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics,
         threshold=settings.decision_threshold,
         face_cropper=build_face_cropper(settings, classifier.metadata),
+        model_thread=model_thread,
     )
     await service.start()
     meta = classifier.metadata

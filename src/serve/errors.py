@@ -30,9 +30,9 @@ def _error_response(
 
 async def handle_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DeepfakeServiceError)
-    if exc.status_code >= 500:
+    if exc.status_code >= 500 and exc.status_code not in (503, 504):
         logger.warning("request failed: %s (%s)", exc.code, exc.message)
-    else:
+    else:  # client errors and load shedding are expected; INFO keeps overload cheap
         logger.info("request refused: %s (%s)", exc.code, exc.message)
     return _error_response(exc.status_code, exc.code, exc.message, exc.headers)
 

@@ -1,0 +1,466 @@
+"""``python -m bench --checkpoint PATH``: load-test the service against the raw model and a naive
+baseline, and check the issue's targets. Not part of CI; see bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.frames import load_frames
+from bench.loadgen import build_payloads, run_level
+from bench.procs import (
+    REPO_ROOT,
+    ServerProcess,
+    free_port,
+    load_average,
+    machine_busy_s,
+    naive_command,
+    process_cpu_s,
+    rss_mb,
+    running,
+    service_command,
+)
+from bench.report import (
+    FAIL,
+    evaluate_targets,
+    plot,
+    raw_table,
+    results_table,
+    targets_table,
+    write_json,
+)
+from bench.stats import LevelResult, describe_histogram, histogram_delta, summarize
+from src.config import Settings
+from src.models import read_checkpoint
+
+API_KEY = "bench-key-0123456789"
+STAGES = {
+    "preprocess_ms": ("dfd_preprocess_seconds", 1000.0),
+    "queue_wait_ms": ("dfd_queue_wait_seconds", 1000.0),
+    "forward_ms": ("dfd_model_inference_seconds", 1000.0),
+    "batch_size": ("dfd_batch_size", 1.0),
+}
+
+
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
+def _int_list(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,8,32, not {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cpus = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the service (python -m src.serve) against the raw model and a "
+        "naive baseline over loopback, then check the targets. Writes results.json, results.md "
+        "and results.png to --out.",
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a dfd checkpoint (.pt)")
+    parser.add_argument("--requests", type=int, default=300, help="requests per level")
+    parser.add_argument("--concurrency", type=_int_list, default=[1, 8, 32, 128])
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    group = parser.add_argument_group("service settings (passed as DFD_* variables)")
+    group.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=_default("max_batch_size") or 4,
+        help="(CPU default 4)",
+    )
+    group.add_argument("--batch-timeout-ms", type=float, default=_default("batch_timeout_ms"))
+    group.add_argument("--max-queue-size", type=int, default=_default("max_queue_size"))
+    group.add_argument(
+        "--torch-threads", type=int, default=cpus, help="also used for the raw model and naive"
+    )
+    group.add_argument(
+        "--preprocess-workers", type=int, default=max(2, min(8, cpus)), help="service default"
+    )
+    group.add_argument("--device", default="cpu", help="cpu, cuda or auto (all three runs)")
+    group.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="DFD_NAME=VALUE",
+        help="any other setting for the service (repeatable)",
+    )
+    parser.add_argument(
+        "--small-queue",
+        type=int,
+        default=16,
+        help="DFD_MAX_QUEUE_SIZE for the overload run at the highest concurrency (0: skip)",
+    )
+    parser.add_argument("--soak", type=int, default=0, help="requests in a row for the soak run")
+    parser.add_argument("--soak-concurrency", type=int, default=8)
+    parser.add_argument("--soak-time-limit", type=float, default=1800.0, help="seconds")
+    parser.add_argument("--raw-batches", type=_int_list, default=[1, 2, 4, 8, 16])
+    parser.add_argument("--raw-budget-s", type=float, default=2.0, help="timed s per batch size")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument(
+        "--service-command",
+        default=" ".join(service_command()),
+        help="for experiments: the command that starts the service (default: python -m src.serve)",
+    )
+    parser.add_argument("--frames", type=int, default=32, help="distinct JPEG frames to send")
+    parser.add_argument("--level-time-limit", type=float, default=120.0, help="seconds per level")
+    parser.add_argument("--client-timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds per server")
+    return parser.parse_args(argv)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def measure_raw(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
+    """The forward pass alone, in its own process, before any server runs."""
+    batches = sorted({*args.raw_batches, args.max_batch_size})
+    command = [
+        sys.executable,
+        "-m",
+        "bench.raw_model",
+        "--checkpoint",
+        str(checkpoint),
+        "--threads",
+        str(args.torch_threads),
+        "--device",
+        args.device,
+        "--batches",
+        ",".join(map(str, batches)),
+        "--budget-s",
+        str(args.raw_budget_s),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"raw model timing failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def service_env(args: argparse.Namespace, checkpoint: Path, port: int, queue: int) -> dict:
+    env = {
+        "DFD_ENV": "development",
+        "DFD_CHECKPOINT_PATH": str(checkpoint),
+        "DFD_API_KEYS": API_KEY,
+        "DFD_HOST": "127.0.0.1",
+        "DFD_PORT": str(port),
+        "DFD_WORKERS": "1",
+        "DFD_LOG_LEVEL": "WARNING",
+        "DFD_DEVICE": args.device,
+        "DFD_FACE_CROP": "off",
+        "DFD_MAX_BATCH_SIZE": str(args.max_batch_size),
+        "DFD_BATCH_TIMEOUT_MS": str(args.batch_timeout_ms),
+        "DFD_MAX_QUEUE_SIZE": str(queue),
+        "DFD_TORCH_THREADS": str(args.torch_threads),
+        "DFD_PREPROCESS_WORKERS": str(args.preprocess_workers),
+    }
+    for item in args.server_env:
+        name, _, value = item.partition("=")
+        if not name.startswith("DFD_"):
+            raise SystemExit(f"--server-env takes DFD_NAME=VALUE, not {item!r}")
+        env[name] = value
+    return env
+
+
+def _clean_environ() -> None:
+    """Settings from the caller's shell must not leak into the servers."""
+    for name in list(os.environ):
+        if name.startswith(("DFD_", "BENCH_")) or name == "MODEL_API_KEY":
+            del os.environ[name]
+
+
+def _stage_summary(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    stages = {}
+    for label, (metric, scale) in STAGES.items():
+        delta = histogram_delta(before.get(metric), after.get(metric, {}))
+        stages[label] = describe_histogram(delta, scale)
+    return stages
+
+
+def drive(
+    server: ServerProcess,
+    payloads: list[bytes],
+    concurrency: int,
+    requests: int,
+    args: argparse.Namespace,
+    *,
+    time_limit_s: float | None = None,
+    scrape: bool = True,
+    retry_after_cap_s: float = 0.0,
+) -> tuple[LevelResult, dict[str, Any]]:
+    """One level: the load itself plus the server's CPU, the machine's and the stage metrics."""
+    before = server.scrape_histograms() if scrape else {}
+    server_cpu, busy = process_cpu_s(server.pid), machine_busy_s()
+    result = asyncio.run(
+        run_level(
+            server.port,
+            payloads,
+            concurrency,
+            requests,
+            time_limit_s or args.level_time_limit,
+            args.client_timeout,
+            retry_after_cap_s=retry_after_cap_s,
+        )
+    )
+    server.check_alive()
+    server_cpu = process_cpu_s(server.pid) - server_cpu
+    busy = machine_busy_s() - busy
+    summary = result.summary()
+    wall = max(result.wall_s, 1e-9)
+    summary["server_cpu_pct"] = round(100 * server_cpu / wall, 1)
+    summary["client_cpu_pct"] = round(100 * result.client_cpu_s / wall, 1)
+    summary["other_cpu_pct"] = round(
+        max(0.0, 100 * (busy - server_cpu - result.client_cpu_s) / wall), 1
+    )
+    summary["load_avg_1m"] = load_average()
+    if scrape:
+        summary["stages"] = _stage_summary(before, server.scrape_histograms())
+    return result, summary
+
+
+def warm_up(server: ServerProcess, payloads: list[bytes], args: argparse.Namespace) -> None:
+    drive(server, payloads, 4, 32, args, scrape=False)
+
+
+def run_levels(
+    server: ServerProcess, payloads: list[bytes], args: argparse.Namespace, *, scrape: bool
+) -> list[dict[str, Any]]:
+    levels = []
+    for concurrency in args.concurrency:
+        _, summary = drive(server, payloads, concurrency, args.requests, args, scrape=scrape)
+        print(
+            f"  {server.name:<8} c={concurrency:<4} {summary['throughput_rps']:7.1f} req/s  "
+            f"p50 {summary['p50_ms']} ms  p99 {summary['p99_ms']} ms  {summary['statuses']}",
+            flush=True,
+        )
+        levels.append(summary)
+    return levels
+
+
+class RssSampler:
+    """Samples a process's RSS every ``interval_s`` in a thread, keeping the peak."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self.pid, self.interval_s = pid, interval_s
+        self.peak_mb = rss_mb(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
+            except (OSError, RuntimeError):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def run_small_queue(
+    args: argparse.Namespace, checkpoint: Path, payloads_for: Any, log_dir: Path
+) -> dict[str, Any]:
+    concurrency = max(args.concurrency)
+    port = free_port()
+    env = service_env(args, checkpoint, port, args.small_queue)
+    server = ServerProcess("service-small-queue", shlex.split(args.service_command), env, log_dir)
+    with running(server, args.ready_timeout):
+        payloads = payloads_for(port)
+        warm_up(server, payloads, args)
+        rss_before = rss_mb(server.pid)
+        with RssSampler(server.pid) as sampler:
+            requests = max(args.requests, 8 * concurrency)
+            _, summary = drive(server, payloads, concurrency, requests, args, retry_after_cap_s=1.0)
+        rss_after = rss_mb(server.pid)
+        print(
+            f"  queue={args.small_queue} c={concurrency}: {summary['statuses']}  RSS "
+            f"{rss_before:.0f} -> {rss_after:.0f} MB (peak {sampler.peak_mb:.0f})",
+            flush=True,
+        )
+        return {
+            "concurrency": concurrency,
+            "max_queue_size": args.small_queue,
+            "summary": summary,
+            "rss_before_mb": round(rss_before, 1),
+            "rss_after_mb": round(rss_after, 1),
+            "rss_peak_mb": round(sampler.peak_mb, 1),
+        }
+
+
+def run_soak(server: ServerProcess, payloads: list[bytes], args: argparse.Namespace) -> dict:
+    """``--soak`` requests in chunks, RSS read between chunks; growth counts from chunk one."""
+    total, concurrency = args.soak, args.soak_concurrency
+    chunk = max(100, min(1000, total // 10))
+    deadline = time.perf_counter() + args.soak_time_limit
+    latencies: list[float] = []
+    statuses: list[str] = []
+    wall = client_cpu = 0.0
+    trace = [(0, round(rss_mb(server.pid), 1))]
+    while len(statuses) < total and time.perf_counter() < deadline:
+        count = min(chunk, total - len(statuses))
+        remaining = deadline - time.perf_counter()
+        result, _ = drive(
+            server, payloads, concurrency, count, args, time_limit_s=remaining, scrape=False
+        )
+        latencies += result.latencies_s
+        statuses += result.statuses
+        wall += result.wall_s
+        client_cpu += result.client_cpu_s
+        trace.append((len(statuses), round(rss_mb(server.pid), 1)))
+        print(f"  soak {len(statuses)}/{total}: RSS {trace[-1][1]:.0f} MB", flush=True)
+    summary = summarize(concurrency, wall, latencies, statuses, client_cpu)
+    after_warmup = trace[1][1] if len(trace) > 1 else trace[0][1]
+    return {
+        "concurrency": concurrency,
+        "summary": summary,
+        "warmup_requests": trace[1][0] if len(trace) > 1 else 0,
+        "rss_trace": trace,
+        "rss_after_warmup_mb": after_warmup,
+        "rss_end_mb": trace[-1][1],
+        "growth_mb": round(trace[-1][1] - after_warmup, 1),
+    }
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT (even when the shell ignored it) unwind, so every server is stopped."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _stop_on_signals()
+    command_line = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    _clean_environ()
+    checkpoint = args.checkpoint.resolve()
+    metadata = read_checkpoint(checkpoint).metadata
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    frames = load_frames(REPO_ROOT / "examples", count=args.frames)
+    started = time.time()
+    results: dict[str, Any] = {
+        "meta": {
+            "command": command_line,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+            "nproc": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "checkpoint": str(checkpoint),
+            "model_version": metadata.version,
+            "frames": len(frames),
+            "frame_kb_mean": round(sum(map(len, frames)) / len(frames) / 1024, 1),
+            "load_avg_1m_start": load_average(),
+            "note": "speed does not depend on the weights' values; a checkpoint with random "
+            "weights measures the same as a trained one of the same architecture and size",
+        },
+        "settings": {
+            "max_batch_size": args.max_batch_size,
+            "batch_timeout_ms": args.batch_timeout_ms,
+            "max_queue_size": args.max_queue_size,
+            "torch_threads": args.torch_threads,
+            "preprocess_workers": args.preprocess_workers,
+            "device": args.device,
+            "requests_per_level": args.requests,
+            "concurrency": args.concurrency,
+            "server_env": args.server_env,
+            "service_command": args.service_command,
+            "malloc_env": {
+                k: v
+                for k, v in os.environ.items()
+                if k.startswith(("MALLOC_", "OMP_", "GOMP_", "GLIBC_"))
+            },
+        },
+    }
+    log_dir = out / "logs"
+
+    def payloads_for(port: int) -> list[bytes]:
+        return build_payloads(port, API_KEY, frames)
+
+    print(
+        f"raw model: {metadata.architecture} @ {metadata.input_size}, {args.torch_threads} threads",
+        flush=True,
+    )
+    results["raw"] = measure_raw(args, checkpoint)
+    print(raw_table(results["raw"]), flush=True)
+
+    port = free_port()
+    env = service_env(args, checkpoint, port, args.max_queue_size)
+    service = ServerProcess("service", shlex.split(args.service_command), env, log_dir)
+    with running(service, args.ready_timeout):
+        payloads = payloads_for(port)
+        warm_up(service, payloads, args)
+        results["service"] = {"rss_start_mb": round(rss_mb(service.pid), 1)}
+        results["service"]["levels"] = run_levels(service, payloads, args, scrape=True)
+        results["service"]["rss_end_mb"] = round(rss_mb(service.pid), 1)
+        if args.soak:
+            results["soak"] = run_soak(service, payloads, args)
+
+    if args.small_queue:
+        results["small_queue"] = run_small_queue(args, checkpoint, payloads_for, log_dir)
+
+    if not args.no_naive:
+        port = free_port()
+        naive_env = {
+            "BENCH_PORT": str(port),
+            "BENCH_CHECKPOINT": str(checkpoint),
+            "BENCH_API_KEY": API_KEY,
+            "BENCH_THREADS": str(args.torch_threads),
+            "BENCH_DEVICE": args.device,
+        }
+        naive = ServerProcess("naive", naive_command(port), naive_env, log_dir)
+        with running(naive, args.ready_timeout):
+            payloads = payloads_for(port)
+            warm_up(naive, payloads, args)
+            results["naive"] = {"levels": run_levels(naive, payloads, args, scrape=False)}
+
+    results["meta"]["duration_s"] = round(time.time() - started, 1)
+    results["meta"]["load_avg_1m_end"] = load_average()
+    results["targets"] = evaluate_targets(results)
+    report = "\n\n".join(
+        [
+            "## Raw model (forward pass only)\n\n" + raw_table(results["raw"]),
+            "## Over HTTP\n\n" + results_table(results),
+            "## Targets\n\n" + targets_table(results["targets"]),
+        ]
+    )
+    print("\n" + report)
+    write_json(results, out / "results.json")
+    (out / "results.md").write_text(report + "\n")
+    plot(results, out / "results.png")
+    print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
+    return 1 if any(t["result"] == FAIL for t in results["targets"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""The results table, the PASS/FAIL targets, the JSON file and the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+THROUGHPUT_SHARE_OF_RAW = 0.90
+LATENCY_OVERHEAD_MS = 15.0
+SPEEDUP_OVER_NAIVE = 1.3
+SMALL_QUEUE_RSS_MB = 100.0
+SOAK_RSS_MB = 50.0
+KEY_CONCURRENCY = 32
+
+
+def level(levels: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
+    return next((row for row in levels if row["concurrency"] == concurrency), None)
+
+
+def raw_row(raw: dict[str, Any], batch: int) -> dict[str, Any] | None:
+    return next((row for row in raw["batches"] if row["batch"] == batch), None)
+
+
+def _target(name: str, goal: str, measured: str, passed: bool | None) -> dict[str, Any]:
+    verdict = SKIP if passed is None else (PASS if passed else FAIL)
+    return {"target": name, "goal": goal, "measured": measured, "result": verdict}
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each PASS, FAIL, or SKIP when the run did not measure it."""
+    raw = results["raw"]
+    settings = results["settings"]
+    service = results["service"]["levels"]
+    naive = results.get("naive", {}).get("levels", [])
+    targets = []
+
+    best = raw["best"]
+    at_key = level(service, KEY_CONCURRENCY)
+    goal = THROUGHPUT_SHARE_OF_RAW * best["throughput_ips"]
+    targets.append(
+        _target(
+            f"throughput at c={KEY_CONCURRENCY} vs raw model",
+            f">= {goal:.1f} req/s ({THROUGHPUT_SHARE_OF_RAW:.0%} of raw best "
+            f"{best['throughput_ips']:.1f} img/s at batch {best['batch']})",
+            f"{at_key['throughput_rps']:.1f} req/s" if at_key else "not run",
+            at_key["throughput_rps"] >= goal if at_key else None,
+        )
+    )
+
+    at_one = level(service, 1)
+    batch1 = raw["batch1"]
+    if batch1 is not None:
+        goal = batch1["median_ms"] + LATENCY_OVERHEAD_MS
+        measured_one = at_one and at_one["p50_ms"]
+        targets.append(
+            _target(
+                "median latency at c=1 vs raw batch-1 forward",
+                f"<= {goal:.1f} ms (forward {batch1['median_ms']:.1f} ms "
+                f"+ {LATENCY_OVERHEAD_MS:g})",
+                f"{measured_one:.1f} ms" if measured_one else "not run",
+                measured_one <= goal if measured_one else None,
+            )
+        )
+
+    naive_key = level(naive, KEY_CONCURRENCY)
+    both = at_key is not None and naive_key is not None and naive_key["throughput_rps"] > 0
+    ratio = at_key["throughput_rps"] / naive_key["throughput_rps"] if both else None  # type: ignore[index]
+    targets.append(
+        _target(
+            f"throughput at c={KEY_CONCURRENCY} vs naive baseline",
+            f">= {SPEEDUP_OVER_NAIVE}x naive"
+            + (f" ({SPEEDUP_OVER_NAIVE * naive_key['throughput_rps']:.1f} req/s)" if both else ""),  # type: ignore[index]
+            f"{ratio:.2f}x" if ratio is not None else "not run",
+            ratio >= SPEEDUP_OVER_NAIVE if ratio is not None else None,
+        )
+    )
+
+    largest = raw_row(raw, settings["max_batch_size"])
+    if largest is not None:
+        goal = settings["batch_timeout_ms"] + 2 * largest["median_ms"]
+        p99 = at_key and at_key["p99_ms"]
+        targets.append(
+            _target(
+                f"p99 at c={KEY_CONCURRENCY}",
+                f"< {goal:.1f} ms (timeout {settings['batch_timeout_ms']:g} + 2 x "
+                f"{largest['median_ms']:.1f} ms forward at batch {largest['batch']})",
+                f"{p99:.1f} ms" if p99 else "not run",
+                p99 < goal if p99 else None,
+            )
+        )
+
+    small = results.get("small_queue")
+    if small:
+        statuses = small["summary"]["statuses"]
+        unexpected = {k: v for k, v in statuses.items() if k not in ("200", "503")}
+        targets.append(
+            _target(
+                f"c={small['concurrency']} with queue {small['max_queue_size']}: answers",
+                "only 200/503; no 500, no timeout, no socket error",
+                ", ".join(f"{k}: {v}" for k, v in statuses.items()),
+                not unexpected and statuses.get("200", 0) > 0,
+            )
+        )
+        growth = small["rss_after_mb"] - small["rss_before_mb"]
+        targets.append(
+            _target(
+                f"c={small['concurrency']} with queue {small['max_queue_size']}: RSS",
+                f"within {SMALL_QUEUE_RSS_MB:g} MB of before",
+                f"{small['rss_before_mb']:.0f} -> {small['rss_after_mb']:.0f} MB "
+                f"({growth:+.1f}; peak {small['rss_peak_mb']:.0f})",
+                abs(growth) <= SMALL_QUEUE_RSS_MB,
+            )
+        )
+
+    soak = results.get("soak")
+    if soak:
+        statuses = soak["summary"]["statuses"]
+        targets.append(
+            _target(
+                f"soak {soak['summary']['requests']} requests at c={soak['concurrency']}: RSS",
+                f"growth after warm-up <= {SOAK_RSS_MB:g} MB",
+                f"{soak['rss_after_warmup_mb']:.0f} -> {soak['rss_end_mb']:.0f} MB "
+                f"({soak['growth_mb']:+.1f}); statuses {statuses}",
+                soak["growth_mb"] <= SOAK_RSS_MB,
+            )
+        )
+    return targets
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if isinstance(value, float | int) else str(value)
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """A Markdown table: one row per server and concurrency."""
+    header = (
+        "| server | conc | req/s | p50 ms | p95 ms | p99 ms | statuses | mean batch "
+        "| queue p95 ms | forward mean ms | preproc mean ms | server CPU % | client CPU % "
+        "| other CPU % |"
+    )
+    lines = [header, "|" + "|".join(["---"] * (header.count("|") - 1)) + "|"]
+    rows: list[tuple[str, dict[str, Any]]] = []
+    rows += [("service", row) for row in results["service"]["levels"]]
+    rows += [("naive", row) for row in results.get("naive", {}).get("levels", [])]
+    if results.get("small_queue"):
+        small = results["small_queue"]
+        rows.append((f"service, queue {small['max_queue_size']}", small["summary"]))
+    if results.get("soak"):
+        rows.append(("service soak", results["soak"]["summary"]))
+    for name, row in rows:
+        stages = row.get("stages", {})
+        statuses = " ".join(f"{k}:{v}" for k, v in row["statuses"].items())
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    str(row["concurrency"]),
+                    _fmt(row["throughput_rps"]),
+                    _fmt(row["p50_ms"]),
+                    _fmt(row["p95_ms"]),
+                    _fmt(row["p99_ms"]),
+                    statuses,
+                    _fmt(stages.get("batch_size", {}).get("mean"), ".2f"),
+                    _fmt(stages.get("queue_wait_ms", {}).get("p95")),
+                    _fmt(stages.get("forward_ms", {}).get("mean")),
+                    _fmt(stages.get("preprocess_ms", {}).get("mean")),
+                    _fmt(row.get("server_cpu_pct"), ".0f"),
+                    _fmt(row.get("client_cpu_pct"), ".0f"),
+                    _fmt(row.get("other_cpu_pct"), ".0f"),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def raw_table(raw: dict[str, Any]) -> str:
+    lines = ["| batch | median ms | min ms | img/s |", "|---|---|---|---|"]
+    for row in raw["batches"]:
+        lines.append(
+            f"| {row['batch']} | {row['median_ms']:.1f} | {row['min_ms']:.1f} "
+            f"| {row['throughput_ips']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def targets_table(targets: list[dict[str, Any]]) -> str:
+    lines = ["| target | goal | measured | result |", "|---|---|---|---|"]
+    for t in targets:
+        lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | **{t['result']}** |")
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Throughput and p99 against concurrency, service vs naive, with the raw model's lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    series = [("service", results["service"]["levels"], "tab:blue", "o")]
+    if results.get("naive"):
+        series.append(("naive baseline", results["naive"]["levels"], "tab:red", "s"))
+    for name, levels, colour, marker in series:
+        xs = [row["concurrency"] for row in levels]
+        left.plot(
+            xs, [row["throughput_rps"] for row in levels], marker=marker, color=colour, label=name
+        )
+        right.plot(
+            xs,
+            [row["p99_ms"] or float("nan") for row in levels],
+            marker=marker,
+            color=colour,
+            label=f"{name} p99",
+        )
+    raw = results["raw"]
+    best, batch1 = raw["best"], raw["batch1"]
+    left.axhline(
+        best["throughput_ips"],
+        color="tab:green",
+        linestyle="--",
+        label=f"raw model, batch {best['batch']} ({best['throughput_ips']:.1f} img/s)",
+    )
+    if batch1:
+        left.axhline(
+            batch1["throughput_ips"],
+            color="tab:gray",
+            linestyle=":",
+            label=f"raw model, batch 1 ({batch1['throughput_ips']:.1f} img/s)",
+        )
+    largest = raw_row(raw, results["settings"]["max_batch_size"])
+    if largest:
+        goal = results["settings"]["batch_timeout_ms"] + 2 * largest["median_ms"]
+        right.axhline(
+            goal,
+            color="tab:green",
+            linestyle="--",
+            label=f"p99 target at c={KEY_CONCURRENCY} ({goal:.0f} ms)",
+        )
+    concurrencies = sorted({row["concurrency"] for _, levels, _, _ in series for row in levels})
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(concurrencies, [str(c) for c in concurrencies])
+        axis.minorticks_off()
+        axis.set_xlabel("concurrent clients")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    left.set_ylabel("answers 200 per second")
+    left.set_ylim(bottom=0)
+    right.set_ylabel("p99 latency (ms)")
+    right.set_yscale("log")
+    meta = results["meta"]
+    fig.suptitle(
+        f"{raw['architecture']} @ {raw['input_size']} px on {meta['cpu_model']} "
+        f"({meta['nproc']} CPUs), torch threads {raw['torch_threads']}, "
+        f"max batch {results['settings']['max_batch_size']}, "
+        f"timeout {results['settings']['batch_timeout_ms']:g} ms",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
