@@ -18,6 +18,7 @@ import torch
 from bench.stats import median
 from src.config import resolve_device
 from src.models import load_classifier
+from src.serve.__main__ import tune_allocator
 
 
 def time_batch(classifier: Any, batch: int, warmup: int, min_iters: int, budget_s: float) -> dict:
@@ -54,6 +55,7 @@ def measure(
     min_iters: int = 7,
     budget_s: float = 2.0,
 ) -> dict[str, Any]:
+    tune_allocator()  # the same allocator setting as `python -m src.serve`, for a fair ratio
     torch.set_num_threads(threads)
     classifier = load_classifier(checkpoint, torch.device(resolve_device(device)))
     rows = [time_batch(classifier, b, warmup, min_iters, budget_s) for b in sorted(set(batches))]
