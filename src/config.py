@@ -161,11 +161,6 @@ class Settings(BaseSettings):
     def effective_preprocess_workers(self) -> int:
         return self.preprocess_workers or max(2, min(8, os.cpu_count() or 1))
 
-    @property
-    def max_request_bytes(self) -> int:
-        """The upload limit plus room for the multipart envelope."""
-        return self.max_upload_bytes + 64 * 1024
-
 
 def resolve_device(device: str) -> str:
     """Turn ``auto|cpu|cuda|cuda:N`` into a concrete device, refusing CUDA where there is none."""

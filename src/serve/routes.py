@@ -95,11 +95,7 @@ async def infer(
     Send the image as multipart field `file` (or as a raw `image/*` body) with `X-API-Key`.
     """
     with service.admit(request.state.arrived_at):
-        data = await read_upload(
-            request,
-            settings.max_upload_bytes,
-            settings.max_request_bytes - settings.max_upload_bytes,
-        )
+        data = await read_upload(request, settings.max_upload_bytes)
         started = time.perf_counter()
         disconnected = watch_disconnect(request)
         try:

@@ -14,6 +14,7 @@ from src.exceptions import BadRequestError, EmptyUploadError, PayloadTooLargeErr
 
 CHUNK = 64 * 1024
 RAW_CONTENT_TYPES = ("image/", "application/octet-stream")
+MULTIPART_ENVELOPE_BYTES = 64 * 1024  # room for the multipart headers and boundaries
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:
@@ -35,7 +36,7 @@ def _limited_receive(receive: Receive, max_body: int, file_limit: int) -> Receiv
     return limited
 
 
-async def read_upload(request: Request, max_upload_bytes: int, envelope_bytes: int) -> bytes:
+async def read_upload(request: Request, max_upload_bytes: int) -> bytes:
     """The uploaded image's bytes: multipart field ``file``, or a raw ``image/*`` body.
 
     A declared Content-Length over the limit is refused before any byte is read; otherwise the
@@ -43,7 +44,7 @@ async def read_upload(request: Request, max_upload_bytes: int, envelope_bytes: i
     """
     content_type = request.headers.get("content-type", "")
     is_multipart = content_type.startswith("multipart/form-data")
-    max_body = max_upload_bytes + (envelope_bytes if is_multipart else 0)
+    max_body = max_upload_bytes + (MULTIPART_ENVELOPE_BYTES if is_multipart else 0)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise _too_large(max_upload_bytes)
