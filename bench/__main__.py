@@ -36,6 +36,8 @@ from bench.procs import (
 from bench.report import (
     FAIL,
     evaluate_targets,
+    feasibility,
+    feasibility_table,
     plot,
     raw_table,
     results_table,
@@ -229,6 +231,8 @@ def drive(
     summary = result.summary()
     wall = max(result.wall_s, 1e-9)
     summary["server_cpu_pct"] = round(100 * server_cpu / wall, 1)
+    ok = summary.get("ok", 0)
+    summary["server_cpu_ms_per_ok"] = round(1000 * server_cpu / ok, 2) if ok else None
     summary["client_cpu_pct"] = round(100 * result.client_cpu_s / wall, 1)
     summary["other_cpu_pct"] = round(
         max(0.0, 100 * (busy - server_cpu - result.client_cpu_s) / wall), 1
@@ -447,11 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     results["meta"]["load_avg_1m_end"] = load_average()
     results["targets"] = evaluate_targets(results)
+    results["feasibility"] = feasibility(results)
     report = "\n\n".join(
         [
             "## Raw model (forward pass only)\n\n" + raw_table(results["raw"]),
             "## Over HTTP\n\n" + results_table(results),
             "## Targets\n\n" + targets_table(results["targets"]),
+            "## What this machine allows\n\n" + feasibility_table(results["feasibility"]),
         ]
     )
     print("\n" + report)

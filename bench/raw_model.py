@@ -24,7 +24,8 @@ from src.serve.__main__ import tune_allocator
 def time_batch(classifier: Any, batch: int, warmup: int, min_iters: int, budget_s: float) -> dict:
     """Median seconds per forward pass at one batch size, after ``warmup`` untimed passes."""
     size = classifier.metadata.input_size
-    images = torch.randn(batch, 3, size, size)
+    # The layout the service hands the model (a channels-last view of its uint8 batch).
+    images = torch.randn(batch, 3, size, size).contiguous(memory_format=classifier.memory_format)
     for _ in range(warmup):
         classifier.fake_probabilities(images)
     first = time.perf_counter()

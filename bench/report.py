@@ -129,6 +129,62 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return targets
 
 
+def feasibility(results: dict[str, Any]) -> list[dict[str, str]]:
+    """Whether the throughput and p99 targets can be met on this machine at all, from the
+    measured numbers: a CPU budget per request, and Little's law for a closed loop."""
+    raw, settings = results["raw"], results["settings"]
+    best = raw["best"]
+    at_key = level(results["service"]["levels"], KEY_CONCURRENCY)
+    rows: list[dict[str, str]] = []
+    nproc = results.get("meta", {}).get("nproc")
+    if raw.get("device", "cpu") == "cpu" and nproc:
+        goal_rps = THROUGHPUT_SHARE_OF_RAW * best["throughput_ips"]
+        budget = nproc * 1000 / goal_rps
+        model = raw["torch_threads"] * best["median_ms"] / best["batch"]
+        measured = at_key.get("server_cpu_ms_per_ok") if at_key else None
+        rows.append(
+            {
+                "check": f"CPU per request for {goal_rps:.1f} req/s on {nproc} cores",
+                "value": f"budget {budget:.1f} ms; the model alone takes {model:.1f} ms per image "
+                f"({raw['torch_threads']} threads x {best['median_ms']:.1f} ms / batch "
+                f"{best['batch']}), leaving {budget - model:.1f} ms for HTTP, decoding, "
+                f"resizing and batching",
+                "verdict": (
+                    f"the service used {measured:.1f} ms per answer at c={KEY_CONCURRENCY}, "
+                    f"{measured - model:.1f} ms beyond the model's own; its ceiling here is "
+                    f"{nproc * 1000 / measured:.1f} req/s"
+                    if measured
+                    else "the service's CPU per answer was not measured"
+                ),
+            }
+        )
+    largest = raw_row(raw, settings["max_batch_size"])
+    if largest is not None:
+        goal = settings["batch_timeout_ms"] + 2 * largest["median_ms"]
+        floor = KEY_CONCURRENCY / best["throughput_ips"] * 1000
+        rows.append(
+            {
+                "check": f"p99 at c={KEY_CONCURRENCY} (Little's law)",
+                "value": f"{KEY_CONCURRENCY} clients in a closed loop wait {KEY_CONCURRENCY} / "
+                f"throughput on average: at least {floor:.1f} ms at the raw model's best "
+                f"{best['throughput_ips']:.1f} img/s; the goal is {goal:.1f} ms",
+                "verdict": (
+                    "no batch size or wait can meet the goal on this machine"
+                    if floor >= goal
+                    else f"reachable if the service keeps {KEY_CONCURRENCY * 1000 / goal:.1f} "
+                    "req/s or more"
+                ),
+            }
+        )
+    return rows
+
+
+def feasibility_table(rows: list[dict[str, str]]) -> str:
+    lines = ["| check | numbers | so |", "|---|---|---|"]
+    lines += [f"| {r['check']} | {r['value']} | {r['verdict']} |" for r in rows]
+    return "\n".join(lines)
+
+
 def _fmt(value: Any, spec: str = ".1f") -> str:
     if value is None:
         return "-"
@@ -139,8 +195,8 @@ def results_table(results: dict[str, Any]) -> str:
     """A Markdown table: one row per server and concurrency."""
     header = (
         "| server | conc | req/s | p50 ms | p95 ms | p99 ms | statuses | mean batch "
-        "| queue p95 ms | forward mean ms | preproc mean ms | server CPU % | client CPU % "
-        "| other CPU % |"
+        "| queue p95 ms | forward mean ms | preproc mean ms | server CPU % "
+        "| server CPU ms/answer | client CPU % | other CPU % |"
     )
     lines = [header, "|" + "|".join(["---"] * (header.count("|") - 1)) + "|"]
     rows: list[tuple[str, dict[str, Any]]] = []
@@ -170,6 +226,7 @@ def results_table(results: dict[str, Any]) -> str:
                     _fmt(stages.get("forward_ms", {}).get("mean")),
                     _fmt(stages.get("preprocess_ms", {}).get("mean")),
                     _fmt(row.get("server_cpu_pct"), ".0f"),
+                    _fmt(row.get("server_cpu_ms_per_ok")),
                     _fmt(row.get("client_cpu_pct"), ".0f"),
                     _fmt(row.get("other_cpu_pct"), ".0f"),
                 ]

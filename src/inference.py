@@ -30,7 +30,7 @@ from src.exceptions import (
     ServiceUnavailableError,
 )
 from src.metrics import Metrics
-from src.models import FrameClassifier, build_preprocess
+from src.models import FrameClassifier, build_crop
 from src.request_context import current_request_id
 from src.validation import ImageLimits, decode_image
 
@@ -66,7 +66,7 @@ class ClientDisconnectedError(Exception):
 
 @dataclass
 class _WorkItem:
-    tensor: torch.Tensor
+    crop: np.ndarray  # uint8 SxSx3; normalised with its batch on the model's device
     future: asyncio.Future[tuple[float, int, float]]
     enqueued_at: float
     request_id: str | None
@@ -97,7 +97,7 @@ class AsyncInferenceService:
         self.limits = limits
         self.metrics = metrics
         self.threshold = self.metadata.threshold if threshold is None else threshold
-        self._preprocess = build_preprocess(self.metadata)
+        self._crop = build_crop(self.metadata)
         self._face_cropper = face_cropper
         self._queue: asyncio.Queue[_WorkItem] = asyncio.Queue()
         self._pending = 0
@@ -177,8 +177,9 @@ class AsyncInferenceService:
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
         size = self.metadata.input_size
+        blank = np.zeros((size, size, 3), dtype=np.uint8)
         for batch in sorted({1, self.config.max_batch_size}):
-            self.classifier.predict_proba(torch.zeros(batch, 3, size, size))
+            self.classifier.predict_proba(self.classifier.prepare_batch([blank] * batch))
 
     # ----------------------------------------------------------------- admission
     @contextlib.contextmanager
@@ -216,42 +217,42 @@ class AsyncInferenceService:
 
     async def _predict(
         self,
-        prepare: Callable[[Any], torch.Tensor],
+        prepare: Callable[[Any], np.ndarray],
         payload: Any,
         disconnected: asyncio.Future[Any] | None,
     ) -> Prediction:
         started = time.perf_counter()
         self._preprocessing += 1
         try:
-            tensor = await self._run_on(self._preprocess_pool, prepare, payload)
+            crop = await self._run_on(self._preprocess_pool, prepare, payload)
         finally:
             self._preprocessing -= 1
         preprocess_s = time.perf_counter() - started
         self.metrics.preprocess_latency.observe(preprocess_s)
-        return await self._score(tensor, preprocess_s, disconnected)
+        return await self._score(crop, preprocess_s, disconnected)
 
-    def _prepare_bytes(self, data: bytes) -> torch.Tensor:
+    def _prepare_bytes(self, data: bytes) -> np.ndarray:
         rgb = decode_image(data, self.limits)
         logger.debug("decoded a %dx%d image", rgb.shape[1], rgb.shape[0])
         return self._prepare_array(rgb)
 
-    def _prepare_array(self, rgb: np.ndarray) -> torch.Tensor:
+    def _prepare_array(self, rgb: np.ndarray) -> np.ndarray:
         if self._face_cropper is not None:
             face = self._face_cropper(rgb)
             if face is None:
                 raise NoFaceDetectedError("no face was found in the image, so it was not scored")
             rgb = face
-        return self._preprocess(rgb)
+        return self._crop(rgb)
 
     async def _score(
         self,
-        tensor: torch.Tensor,
+        crop: np.ndarray,
         preprocess_s: float,
         disconnected: asyncio.Future[Any] | None,
     ) -> Prediction:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[float, int, float]] = loop.create_future()
-        item = _WorkItem(tensor, future, time.perf_counter(), current_request_id())
+        item = _WorkItem(crop, future, time.perf_counter(), current_request_id())
         self._queue.put_nowait(item)
         self.metrics.queue_depth.set(self._queue.qsize())
         waiters: set[asyncio.Future[Any]] = {future}
@@ -309,7 +310,7 @@ class AsyncInferenceService:
             self.metrics.queue_wait.observe(item.queue_s)
         try:
             probabilities, seconds = await self._run_on(
-                self._model_thread, self._forward, [item.tensor for item in items]
+                self._model_thread, self._forward, [item.crop for item in items]
             )
         except Exception:
             if len(items) == 1:
@@ -327,11 +328,12 @@ class AsyncInferenceService:
             if not item.future.done():
                 item.future.set_result((probability, len(items), seconds))
 
-    def _forward(self, tensors: list[torch.Tensor]) -> tuple[list[float], float]:
+    def _forward(self, crops: list[np.ndarray]) -> tuple[list[float], float]:
+        """Normalise the batch on the model's device and run it: the model thread's whole job."""
         started = time.perf_counter()
-        probabilities = self.classifier.fake_probabilities(torch.stack(tensors))
-        if len(probabilities) != len(tensors):
-            raise RuntimeError(f"model returned {len(probabilities)} outputs for {len(tensors)}")
+        probabilities = self.classifier.fake_probabilities(self.classifier.prepare_batch(crops))
+        if len(probabilities) != len(crops):
+            raise RuntimeError(f"model returned {len(probabilities)} outputs for {len(crops)}")
         return probabilities, time.perf_counter() - started
 
     async def _run_on(self, pool: ThreadPoolExecutor | None, fn: Callable[..., T], *args: Any) -> T:

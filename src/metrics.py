@@ -50,7 +50,7 @@ class Metrics:
         )
         self.inference_latency = Histogram(
             "dfd_model_inference_seconds",
-            "Forward-pass time per batch",
+            "Model time per batch: normalising it on the device, then the forward pass",
             buckets=MODEL_BUCKETS,
             registry=r,
         )

@@ -22,7 +22,7 @@ from bench.frames import (
 )
 from bench.loadgen import multipart_request, read_response, run_level
 from bench.procs import process_cpu_s, rss_mb
-from bench.report import evaluate_targets, results_table
+from bench.report import evaluate_targets, feasibility, feasibility_table, results_table
 from bench.stats import histogram_delta, histogram_quantile, percentile, summarize
 from src.validation import ImageLimits, decode_image
 
@@ -160,9 +160,17 @@ def _results(c32_rps: float, c32_p99: float, statuses: dict[str, int]) -> dict:
             ],
             "best": {"batch": 8, "median_ms": 40.0, "throughput_ips": 200.0},
             "batch1": {"batch": 1, "median_ms": 10.0, "throughput_ips": 100.0},
+            "device": "cpu",
+            "torch_threads": 2,
         },
+        "meta": {"nproc": 2},
         "settings": {"max_batch_size": 8, "batch_timeout_ms": 5.0},
-        "service": {"levels": [row(1, 60.0, 20.0, 30.0), row(32, c32_rps, 60.0, c32_p99)]},
+        "service": {
+            "levels": [
+                row(1, 60.0, 20.0, 30.0),
+                {**row(32, c32_rps, 60.0, c32_p99), "server_cpu_ms_per_ok": 12.5},
+            ]
+        },
         "naive": {"levels": [row(32, 100.0, 300.0, 400.0)]},
         "small_queue": {
             "concurrency": 128,
@@ -183,3 +191,22 @@ def test_targets_pass_and_fail_on_known_numbers() -> None:
     results = [t["result"] for t in bad]
     assert results == ["FAIL", "PASS", "FAIL", "FAIL", "FAIL", "PASS"]
     assert "| service | 32 | 120.0 |" in results_table(_results(120.0, 90.0, {"200": 1}))
+
+
+def test_feasibility_from_measured_numbers() -> None:
+    # 2 cores, raw best 200 img/s at batch 8 in 40 ms on 2 threads: the model alone needs
+    # 10 ms of CPU per image; 90% of 200 = 180 req/s leaves 2000 / 180 = 11.1 ms per request.
+    budget, latency = feasibility(_results(150.0, 80.0, {"200": 9}))
+    assert "budget 11.1 ms" in budget["value"] and "takes 10.0 ms" in budget["value"]
+    assert "leaving 1.1 ms" in budget["value"]
+    assert "12.5 ms per answer" in budget["verdict"] and "2.5 ms beyond" in budget["verdict"]
+    assert "ceiling here is 160.0 req/s" in budget["verdict"]
+    # Little's law: 32 clients / 200 img/s = 160 ms, above the 85 ms goal (5 + 2 x 40).
+    assert "at least 160.0 ms" in latency["value"] and "85.0 ms" in latency["value"]
+    assert latency["verdict"].startswith("no batch size")
+    roomy = _results(150.0, 80.0, {"200": 9})
+    roomy["raw"]["batches"][1]["median_ms"] = 100.0  # goal 205 ms > 160 ms floor
+    assert feasibility(roomy)[1]["verdict"].startswith("reachable if")
+    roomy["raw"]["device"] = "cuda"  # the model's cores are not the server's: no CPU budget
+    assert [row["check"] for row in feasibility(roomy)] == ["p99 at c=32 (Little's law)"]
+    assert feasibility_table(feasibility(roomy)).count("\n") == 2

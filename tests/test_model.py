@@ -12,6 +12,7 @@ import torch
 from src.exceptions import CheckpointError
 from src.models import (
     ModelMetadata,
+    build_crop,
     build_model,
     build_preprocess,
     load_classifier,
@@ -95,6 +96,36 @@ def test_preprocess_follows_metadata() -> None:
     assert torch.allclose(tensor, torch.full_like(tensor, (191 / 255 - 0.5) / 0.25), atol=1e-4)
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         preprocess(np.zeros((10, 10), dtype=np.uint8))
+
+
+def test_serving_normalises_a_batch_exactly_as_training_does(tmp_path: Path) -> None:
+    """The service crops per image and normalises the batch on the device; training uses
+    build_preprocess. A model must see the same numbers either way."""
+    meta = ModelMetadata(
+        architecture=TINY_ARCH, input_size=TINY_SIZE, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25)
+    )
+    path = save_checkpoint(tmp_path / "m.pt", build_model(TINY_ARCH).state_dict(), meta)
+    classifier = load_classifier(path, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(50 + 7 * i, 70, 3), dtype=np.uint8) for i in range(3)]
+    crop, preprocess = build_crop(meta), build_preprocess(meta)
+    crops = [crop(image) for image in images]
+    assert all(c.dtype == np.uint8 and c.shape == (TINY_SIZE, TINY_SIZE, 3) for c in crops)
+    served = classifier.prepare_batch(crops)
+    trained = torch.stack([preprocess(image) for image in images])
+    assert served.shape == trained.shape and served.dtype == torch.float32
+    assert torch.equal(served, trained)
+    assert served.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_changes_speed_not_answers(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "m.pt", seed=5)
+    fast = load_classifier(path, torch.device("cpu"))
+    plain = load_classifier(path, torch.device("cpu"), channels_last=False)
+    conv = next(p for p in fast.model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = torch.randn(3, 3, TINY_SIZE, TINY_SIZE)
+    assert torch.allclose(fast.predict_proba(x), plain.predict_proba(x), atol=1e-5)
 
 
 def test_resize_center_crop_keeps_the_centre() -> None:

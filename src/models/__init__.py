@@ -8,13 +8,14 @@ from src.models.checkpoint import (
     save_checkpoint,
 )
 from src.models.classifier import FrameClassifier, build_model, load_classifier
-from src.models.transforms import build_preprocess, resize_center_crop
+from src.models.transforms import build_crop, build_preprocess, resize_center_crop
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "FrameClassifier",
     "LoadedCheckpoint",
     "ModelMetadata",
+    "build_crop",
     "build_model",
     "build_preprocess",
     "load_classifier",
