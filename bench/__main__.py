@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--soak-concurrency", type=int, default=8)
     parser.add_argument("--soak-time-limit", type=float, default=1800.0, help="seconds")
     parser.add_argument("--raw-batches", type=_int_list, default=[1, 2, 4, 8, 16])
-    parser.add_argument("--raw-budget-s", type=float, default=2.0, help="timed s per batch size")
+    parser.add_argument("--raw-budget-s", type=float, default=4.0, help="timed s per batch size")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument(
         "--service-command",

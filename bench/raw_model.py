@@ -21,30 +21,51 @@ from src.models import load_classifier
 from src.serve.__main__ import tune_allocator
 
 
-def time_batch(classifier: Any, batch: int, warmup: int, min_iters: int, budget_s: float) -> dict:
-    """Median seconds per forward pass at one batch size, after ``warmup`` untimed passes."""
+def _inputs(classifier: Any, batch: int) -> torch.Tensor:
     size = classifier.metadata.input_size
     # The layout the service hands the model (a channels-last view of its uint8 batch).
-    images = torch.randn(batch, 3, size, size).contiguous(memory_format=classifier.memory_format)
-    for _ in range(warmup):
-        classifier.fake_probabilities(images)
-    first = time.perf_counter()
-    classifier.fake_probabilities(images)
-    estimate = time.perf_counter() - first
-    iterations = max(min_iters, min(50, math.ceil(budget_s / max(estimate, 1e-6))))
-    samples = []
-    for _ in range(iterations):
+    images = torch.randn(batch, 3, size, size)
+    return images.contiguous(memory_format=classifier.memory_format)
+
+
+def time_batches(
+    classifier: Any, batches: list[int], warmup: int, min_rounds: int, budget_s: float
+) -> list[dict[str, Any]]:
+    """Median seconds per forward pass at each batch size, after ``warmup`` untimed passes.
+
+    The sizes are timed round-robin (one pass of each per round) rather than one after the
+    other, so that a burst of load from elsewhere on a shared machine spreads over every size
+    instead of spoiling one. Rounds: as many as fit ``budget_s`` per size, at least
+    ``min_rounds``, at most 50.
+    """
+    inputs = {batch: _inputs(classifier, batch) for batch in batches}
+    estimates = {}
+    for batch, images in inputs.items():
+        for _ in range(warmup):
+            classifier.fake_probabilities(images)
         started = time.perf_counter()
         classifier.fake_probabilities(images)
-        samples.append(time.perf_counter() - started)
-    seconds = median(samples)
-    return {
-        "batch": batch,
-        "iterations": iterations,
-        "median_ms": round(seconds * 1000, 3),
-        "min_ms": round(min(samples) * 1000, 3),
-        "throughput_ips": round(batch / seconds, 2),
-    }
+        estimates[batch] = time.perf_counter() - started
+    rounds = max(min_rounds, min(50, math.ceil(budget_s / max(max(estimates.values()), 1e-6))))
+    samples: dict[int, list[float]] = {batch: [] for batch in batches}
+    for _ in range(rounds):
+        for batch, images in inputs.items():
+            started = time.perf_counter()
+            classifier.fake_probabilities(images)
+            samples[batch].append(time.perf_counter() - started)
+    rows = []
+    for batch in batches:
+        seconds = median(samples[batch])
+        rows.append(
+            {
+                "batch": batch,
+                "iterations": rounds,
+                "median_ms": round(seconds * 1000, 3),
+                "min_ms": round(min(samples[batch]) * 1000, 3),
+                "throughput_ips": round(batch / seconds, 2),
+            }
+        )
+    return rows
 
 
 def measure(
@@ -53,13 +74,13 @@ def measure(
     device: str,
     batches: list[int],
     warmup: int = 3,
-    min_iters: int = 7,
+    min_rounds: int = 7,
     budget_s: float = 2.0,
 ) -> dict[str, Any]:
     tune_allocator()  # the same allocator setting as `python -m src.serve`, for a fair ratio
     torch.set_num_threads(threads)
     classifier = load_classifier(checkpoint, torch.device(resolve_device(device)))
-    rows = [time_batch(classifier, b, warmup, min_iters, budget_s) for b in sorted(set(batches))]
+    rows = time_batches(classifier, sorted(set(batches)), warmup, min_rounds, budget_s)
     best = max(rows, key=lambda row: row["throughput_ips"])
     batch1 = next((row for row in rows if row["batch"] == 1), None)
     return {

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bench.frames import (
@@ -210,3 +211,19 @@ def test_feasibility_from_measured_numbers() -> None:
     roomy["raw"]["device"] = "cuda"  # the model's cores are not the server's: no CPU budget
     assert [row["check"] for row in feasibility(roomy)] == ["p99 at c=32 (Little's law)"]
     assert feasibility_table(feasibility(roomy)).count("\n") == 2
+
+
+def test_raw_model_timing_interleaves_batch_sizes(checkpoint_path: Path) -> None:
+    from bench.raw_model import measure
+
+    threads = torch.get_num_threads()
+    try:
+        result = measure(str(checkpoint_path), 1, "cpu", [2, 1], budget_s=0.05)
+    finally:
+        torch.set_num_threads(threads)
+    assert [row["batch"] for row in result["batches"]] == [1, 2]
+    assert all(row["iterations"] >= 7 for row in result["batches"])
+    assert all(0 < row["min_ms"] <= row["median_ms"] for row in result["batches"])
+    assert result["batch1"]["batch"] == 1
+    assert result["best"]["throughput_ips"] == max(r["throughput_ips"] for r in result["batches"])
+    assert result["device"] == "cpu" and result["torch_threads"] == 1
