@@ -5,6 +5,7 @@ Values come from ``DFD_*`` environment variables and a ``.env`` file (see ``.env
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from functools import cached_property
@@ -70,6 +71,7 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(default=64, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
     preprocess_workers: int | None = Field(default=None, ge=1, le=256)
+    exclusive_forward: Literal["auto", "on", "off"] = "auto"
 
     # Server
     host: str = "127.0.0.1"
@@ -155,11 +157,37 @@ class Settings(BaseSettings):
 
     @property
     def effective_torch_threads(self) -> int:
-        return self.torch_threads or max(1, os.cpu_count() or 1)
+        return self.torch_threads or available_cpus()
 
     @property
     def effective_preprocess_workers(self) -> int:
-        return self.preprocess_workers or max(2, min(8, os.cpu_count() or 1))
+        return self.preprocess_workers or max(2, min(8, available_cpus()))
+
+    @property
+    def effective_exclusive_forward(self) -> bool:
+        """Hold preprocessing back while a forward pass runs: ``auto`` does so when the model
+        runs on the CPU with a thread on every core, where the two would only preempt each
+        other (BENCHMARKS.md); never on a GPU, where overlapping them is the point."""
+        if self.exclusive_forward != "auto":
+            return self.exclusive_forward == "on"
+        return self.torch_device == "cpu" and self.effective_torch_threads >= available_cpus()
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container's ``--cpus`` or a pod's CPU limit), which ``os.cpu_count()`` does not see."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = count or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
 
 
 def resolve_device(device: str) -> str:

@@ -227,3 +227,38 @@ async def test_face_crop_setting_scores_faces_and_refuses_faceless_frames(
         )
         assert_error(faceless, 422, "no_face_detected")
         assert (await c.get("/ready")).status_code == 200
+
+
+async def test_inference_request_never_hops_to_the_generic_thread_pool(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dependencies, upload reading and the answer stay on the event loop; decoding and the
+    model run on the service's own executors. A plain ``def`` dependency or a spooled upload
+    would cost a trip through anyio's thread pool on every request."""
+    import anyio.to_thread
+
+    hops: list[object] = []
+    original = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., object], *args: object, **kwargs: object) -> object:
+        hops.append(func)
+        return await original(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    multipart = await client.post("/infer", files=infer_files(image_bytes()), headers=AUTH)
+    raw = await client.post(
+        "/infer", content=image_bytes("PNG"), headers={**AUTH, "Content-Type": "image/png"}
+    )
+    assert multipart.status_code == raw.status_code == 200
+    assert hops == []
+
+
+def test_uvicorn_runs_on_uvloop_and_httptools(settings: Settings) -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from src.serve.__main__ import uvicorn_config
+
+    config = uvicorn_config(settings)
+    config.load()
+    assert config.http_protocol_class is HttpToolsProtocol
+    assert config.get_loop_factory().__module__.startswith("uvloop")

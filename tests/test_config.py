@@ -129,3 +129,38 @@ def test_env_example_documents_every_setting_and_loads(
     settings = load_settings(_env_file=env_file)
     assert settings.api_keys == [DEFAULT_DEV_API_KEY]
     assert settings.torch_threads is None
+
+
+def test_available_cpus_respects_a_container_cpu_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import src.config as config
+
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(config, "CGROUP_CPU_MAX", cpu_max)
+    assert config.available_cpus() == affinity  # no cgroup file
+    cpu_max.write_text("max 100000\n")
+    assert config.available_cpus() == affinity  # no quota
+    cpu_max.write_text("50000 100000\n")  # half a core
+    assert config.available_cpus() == 1
+    cpu_max.write_text(f"{150000 * affinity} 100000\n")  # more quota than cores
+    assert config.available_cpus() == affinity
+    cpu_max.write_text("garbage\n")
+    assert config.available_cpus() == affinity
+
+
+def test_exclusive_forward_is_on_only_for_a_cpu_the_model_fills(
+    checkpoint_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import src.config as config
+
+    monkeypatch.setattr(config, "available_cpus", lambda: 4)
+    base = {"checkpoint_path": checkpoint_path, "device": "cpu"}
+    assert Settings(**base).effective_torch_threads == 4
+    assert Settings(**base).effective_exclusive_forward is True
+    assert Settings(**base, torch_threads=2).effective_exclusive_forward is False
+    assert Settings(**base, torch_threads=2, exclusive_forward="on").effective_exclusive_forward
+    assert not Settings(**base, exclusive_forward="off").effective_exclusive_forward
+    monkeypatch.setattr(Settings, "torch_device", property(lambda self: "cuda"))
+    assert Settings(**base).effective_exclusive_forward is False
