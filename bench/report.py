@@ -290,6 +290,12 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         linestyle="--",
         label=f"raw model, batch {best['batch']} ({best['throughput_ips']:.1f} img/s)",
     )
+    left.axhline(
+        THROUGHPUT_SHARE_OF_RAW * best["throughput_ips"],
+        color="tab:green",
+        linestyle=":",
+        label=f"target at c={KEY_CONCURRENCY}: {THROUGHPUT_SHARE_OF_RAW:.0%} of raw best",
+    )
     if batch1:
         left.axhline(
             batch1["throughput_ips"],

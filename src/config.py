@@ -71,7 +71,6 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(default=64, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
     preprocess_workers: int | None = Field(default=None, ge=1, le=256)
-    exclusive_forward: Literal["auto", "on", "off"] = "auto"
 
     # Server
     host: str = "127.0.0.1"
@@ -162,15 +161,6 @@ class Settings(BaseSettings):
     @property
     def effective_preprocess_workers(self) -> int:
         return self.preprocess_workers or max(2, min(8, available_cpus()))
-
-    @property
-    def effective_exclusive_forward(self) -> bool:
-        """Hold preprocessing back while a forward pass runs: ``auto`` does so when the model
-        runs on the CPU with a thread on every core, where the two would only preempt each
-        other (BENCHMARKS.md); never on a GPU, where overlapping them is the point."""
-        if self.exclusive_forward != "auto":
-            return self.exclusive_forward == "on"
-        return self.torch_device == "cpu" and self.effective_torch_threads >= available_cpus()
 
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +48,6 @@ class BatchingConfig:
     preprocess_workers: int = 2
     torch_threads: int | None = None
     retry_after_s: int = 1
-    exclusive_forward: bool = False  # see CpuGate
 
 
 @dataclass
@@ -60,52 +58,6 @@ class Prediction:
     preprocess_ms: float
     queue_ms: float
     inference_ms: float
-
-
-class CpuGate:
-    """Takes turns on the CPU: preprocessing threads share the gate, a forward pass holds it alone.
-
-    On a CPU whose cores all run the model's threads, decoding during a forward pass only
-    preempts those threads, and the others then wait for the preempted one: a batch-4 pass took
-    52 ms instead of 35 ms, and the service answered ~15 % fewer requests (BENCHMARKS.md). Once a
-    forward pass is waiting, new preprocessing waits behind it, so the model is not starved by a
-    backlog of uploads.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._sharing = 0
-        self._exclusive = False
-        self._waiting = 0
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._exclusive or self._waiting:
-                self._cond.wait()
-            self._sharing += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._sharing -= 1
-                if not self._sharing:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting += 1
-            while self._exclusive or self._sharing:
-                self._cond.wait()
-            self._waiting -= 1
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
 
 
 class ClientDisconnectedError(Exception):
@@ -157,7 +109,6 @@ class AsyncInferenceService:
         self._batcher: asyncio.Task[None] | None = None
         self._preprocess_pool: ThreadPoolExecutor | None = None
         self._model_thread = model_thread
-        self._gate = CpuGate() if config.exclusive_forward else None
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -273,18 +224,12 @@ class AsyncInferenceService:
         started = time.perf_counter()
         self._preprocessing += 1
         try:
-            crop = await self._run_on(self._preprocess_pool, self._gated, prepare, payload)
+            crop = await self._run_on(self._preprocess_pool, prepare, payload)
         finally:
             self._preprocessing -= 1
         preprocess_s = time.perf_counter() - started
         self.metrics.preprocess_latency.observe(preprocess_s)
         return await self._score(crop, preprocess_s, disconnected)
-
-    def _gated(self, prepare: Callable[[Any], np.ndarray], payload: Any) -> np.ndarray:
-        if self._gate is None:
-            return prepare(payload)
-        with self._gate.shared():
-            return prepare(payload)
 
     def _prepare_bytes(self, data: bytes) -> np.ndarray:
         rgb = decode_image(data, self.limits)
@@ -385,10 +330,8 @@ class AsyncInferenceService:
 
     def _forward(self, crops: list[np.ndarray]) -> tuple[list[float], float]:
         """Normalise the batch on the model's device and run it: the model thread's whole job."""
-        gate = self._gate.exclusive() if self._gate is not None else contextlib.nullcontext()
-        with gate:
-            started = time.perf_counter()
-            probabilities = self.classifier.fake_probabilities(self.classifier.prepare_batch(crops))
+        started = time.perf_counter()
+        probabilities = self.classifier.fake_probabilities(self.classifier.prepare_batch(crops))
         if len(probabilities) != len(crops):
             raise RuntimeError(f"model returned {len(probabilities)} outputs for {len(crops)}")
         return probabilities, time.perf_counter() - started

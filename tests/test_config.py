@@ -150,17 +150,13 @@ def test_available_cpus_respects_a_container_cpu_limit(
     assert config.available_cpus() == affinity
 
 
-def test_exclusive_forward_is_on_only_for_a_cpu_the_model_fills(
+def test_default_threads_follow_the_cores_this_process_may_use(
     checkpoint_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import src.config as config
 
-    monkeypatch.setattr(config, "available_cpus", lambda: 4)
-    base = {"checkpoint_path": checkpoint_path, "device": "cpu"}
-    assert Settings(**base).effective_torch_threads == 4
-    assert Settings(**base).effective_exclusive_forward is True
-    assert Settings(**base, torch_threads=2).effective_exclusive_forward is False
-    assert Settings(**base, torch_threads=2, exclusive_forward="on").effective_exclusive_forward
-    assert not Settings(**base, exclusive_forward="off").effective_exclusive_forward
-    monkeypatch.setattr(Settings, "torch_device", property(lambda self: "cuda"))
-    assert Settings(**base).effective_exclusive_forward is False
+    monkeypatch.setattr(config, "available_cpus", lambda: 3)
+    settings = Settings(checkpoint_path=checkpoint_path, device="cpu")
+    assert settings.effective_torch_threads == 3
+    assert settings.effective_preprocess_workers == 3
+    assert Settings(checkpoint_path=checkpoint_path, torch_threads=1).effective_torch_threads == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +14,7 @@ import torch
 
 from src.config import Settings
 from src.exceptions import InferenceError, OverloadedError, ServiceUnavailableError
-from src.inference import AsyncInferenceService, BatchingConfig, CpuGate
+from src.inference import AsyncInferenceService, BatchingConfig
 from src.metrics import Metrics
 from src.models import FrameClassifier, load_classifier
 from src.serve.app import create_app
@@ -261,68 +260,6 @@ async def test_inference_runs_off_the_event_loop(
     tick_task.cancel()
     assert seen and all(name.startswith("model") for name in seen)
     assert ticks >= 10, "the event loop was blocked during the forward pass"
-
-
-def test_cpu_gate_takes_turns() -> None:
-    gate = CpuGate()
-    events: list[str] = []
-    with gate.shared(), gate.shared():  # preprocessing threads run side by side
-        writer = threading.Thread(target=lambda: _hold(gate.exclusive(), events, "forward"))
-        writer.start()
-        time.sleep(0.05)
-        assert events == [], "a forward pass ran while preprocessing held the gate"
-        late = threading.Thread(target=lambda: _hold(gate.shared(), events, "late preprocess"))
-        late.start()
-        time.sleep(0.05)
-        assert events == [], "new preprocessing jumped ahead of a waiting forward pass"
-    writer.join(2)
-    late.join(2)
-    assert events == ["forward", "late preprocess"]
-
-
-def _hold(context: contextlib.AbstractContextManager[None], events: list[str], name: str) -> None:
-    with context:
-        events.append(name)
-        time.sleep(0.02)
-
-
-@pytest.mark.parametrize("exclusive", [True, False])
-async def test_exclusive_forward_keeps_preprocessing_off_the_cpu_during_a_pass(
-    make_service: Callable[..., AsyncInferenceService], checkpoint_path: Path, exclusive: bool
-) -> None:
-    classifier = scripted(checkpoint_path)
-    classifier.delay_s = 0.05
-    spans: dict[str, list[tuple[float, float]]] = {"forward": [], "preprocess": []}
-
-    def timed(name: str, fn: Callable[..., object]) -> Callable[..., object]:
-        def run(*args: object) -> object:
-            started = time.perf_counter()
-            try:
-                return fn(*args)
-            finally:
-                spans[name].append((started, time.perf_counter()))
-
-        return run
-
-    classifier.fake_probabilities = timed("forward", classifier.fake_probabilities)  # type: ignore[method-assign]
-    service = make_service(classifier, max_batch_size=2, exclusive_forward=exclusive)
-    slow_crop = service._crop
-
-    def crop(rgb: np.ndarray) -> np.ndarray:
-        time.sleep(0.01)
-        return slow_crop(rgb)
-
-    service._crop = timed("preprocess", crop)  # type: ignore[assignment]
-    await service.start()
-    results = await score_all(service, frames(12))
-    assert len(results) == 12
-    overlaps = sum(
-        1 for f0, f1 in spans["forward"] for p0, p1 in spans["preprocess"] if p0 < f1 and f0 < p1
-    )
-    if exclusive:
-        assert overlaps == 0
-    else:  # the check above can see an overlap: without the gate, 12 requests make many
-        assert overlaps > 0
 
 
 async def test_many_clients_through_http(settings: Settings) -> None:

@@ -64,7 +64,6 @@ def batching_config(settings: Settings) -> BatchingConfig:
         request_timeout_s=settings.request_timeout_s,
         preprocess_workers=settings.effective_preprocess_workers,
         torch_threads=settings.effective_torch_threads,
-        exclusive_forward=settings.effective_exclusive_forward,
     )
 
 
