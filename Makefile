@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format typecheck demo-data train-demo evaluate-demo bench container-check lint-deploy clean
+.PHONY: setup run test lint format typecheck demo-data train-demo evaluate-demo bench gpu-check container-check lint-deploy clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,20 @@ train-demo: demo-data
 evaluate-demo: demo-data
 	$(PY) -m src.train.evaluate --checkpoint checkpoints/demo/model.pt --data data/demo \
 		--split test test_xmanip
+
+## Load benchmark (not in CI; ~4 min, wants the machine to itself): BENCHMARKS.md's command.
+BENCH_CKPT ?= bench/results/efficientnet_lite0_random.pt
+BENCH_OUT ?= bench/results/latest
+bench: setup
+	test -f $(BENCH_CKPT) || $(PY) -c "from src.models import *; save_checkpoint('$(BENCH_CKPT)', \
+		build_model('efficientnet_lite0').state_dict(), \
+		ModelMetadata(architecture='efficientnet_lite0', input_size=224, version='bench'))"
+	$(PY) -m bench --checkpoint $(BENCH_CKPT) --requests 300 --concurrency 1,8,32,128 \
+		--soak 10000 --out $(BENCH_OUT)
+
+## The CUDA path on a GPU machine: device choice, batched GPU inference, AMP training, benchmark.
+gpu-check: setup
+	bash scripts/gpu_check.sh
 
 ## Deployment checks (not in CI): Dockerfile/compose/k8s lint, and a real podman build + run.
 lint-deploy: setup

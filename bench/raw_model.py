@@ -76,10 +76,13 @@ def measure(
     warmup: int = 3,
     min_rounds: int = 7,
     budget_s: float = 2.0,
+    channels_last: bool = True,
 ) -> dict[str, Any]:
     tune_allocator()  # the same allocator setting as `python -m src.serve`, for a fair ratio
     torch.set_num_threads(threads)
-    classifier = load_classifier(checkpoint, torch.device(resolve_device(device)))
+    classifier = load_classifier(
+        checkpoint, torch.device(resolve_device(device)), channels_last=channels_last
+    )
     rows = time_batches(classifier, sorted(set(batches)), warmup, min_rounds, budget_s)
     best = max(rows, key=lambda row: row["throughput_ips"])
     batch1 = next((row for row in rows if row["batch"] == 1), None)
@@ -88,6 +91,7 @@ def measure(
         "input_size": classifier.metadata.input_size,
         "device": str(classifier.device),
         "torch_threads": torch.get_num_threads(),
+        "channels_last": channels_last,
         "batches": rows,
         "best": best,
         "batch1": batch1,
@@ -101,9 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--budget-s", type=float, default=2.0, help="timed seconds per batch size")
+    parser.add_argument(
+        "--contiguous",
+        action="store_true",
+        help="load the model in the default NCHW layout instead of channels-last (comparison)",
+    )
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    result = measure(args.checkpoint, args.threads, args.device, batches, budget_s=args.budget_s)
+    result = measure(
+        args.checkpoint,
+        args.threads,
+        args.device,
+        batches,
+        budget_s=args.budget_s,
+        channels_last=not args.contiguous,
+    )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -5,7 +5,10 @@
 #   scripts/gpu_check.sh [OUT_DIR]           # on a machine with a GPU
 #   DEVICE=cpu scripts/gpu_check.sh /tmp/x   # the same steps on the CPU (checks the script itself)
 #
-# PYTHON picks the interpreter (default .venv/bin/python, else python3). Everything it writes goes
+# PYTHON picks the interpreter (default .venv/bin/python, else python3). On the lent GPU machines
+# (no venv; torch, timm, OpenCV, prometheus-client present) the serving packages travel as
+# wheels: fastapi, starlette, uvicorn, uvloop, httptools, python-multipart, pydantic-settings,
+# python-json-logger, matplotlib (see the device tool's README). Everything it writes goes
 # to OUT_DIR (default bench/results/gpu_check). Exit status: non-zero at the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
