@@ -66,7 +66,8 @@ def load_classifier(
     """Load a checkpoint, refusing one whose weights do not match its metadata.
 
     ``channels_last`` (NHWC) lets oneDNN and cuDNN pick their fast convolution kernels: on the
-    benchmark CPU an efficientnet_lite0 batch of 4 runs in 29 ms instead of 39 ms (BENCHMARKS.md).
+    benchmark CPU an efficientnet_lite0 batch of 8 ran in 60-64 ms instead of 76-89 ms
+    (BENCHMARKS.md, round 3).
     Models without 4-D weights are unaffected.
     """
     checkpoint = read_checkpoint(path)
