@@ -185,6 +185,14 @@ def service_env(args: argparse.Namespace, checkpoint: Path, port: int, queue: in
     return env
 
 
+def service_process(
+    args: argparse.Namespace, checkpoint: Path, name: str, queue: int, log_dir: Path
+) -> ServerProcess:
+    """The service under test (``--service-command``) on a free loopback port."""
+    env = service_env(args, checkpoint, free_port(), queue)
+    return ServerProcess(name, shlex.split(args.service_command), env, log_dir)
+
+
 def _clean_environ() -> None:
     """Settings from the caller's shell must not leak into the servers."""
     for name in list(os.environ):
@@ -291,11 +299,9 @@ def run_small_queue(
     args: argparse.Namespace, checkpoint: Path, payloads_for: Any, log_dir: Path
 ) -> dict[str, Any]:
     concurrency = max(args.concurrency)
-    port = free_port()
-    env = service_env(args, checkpoint, port, args.small_queue)
-    server = ServerProcess("service-small-queue", shlex.split(args.service_command), env, log_dir)
+    server = service_process(args, checkpoint, "service-small-queue", args.small_queue, log_dir)
     with running(server, args.ready_timeout):
-        payloads = payloads_for(port)
+        payloads = payloads_for(server.port)
         warm_up(server, payloads, args)
         rss_before = rss_mb(server.pid)
         with RssSampler(server.pid) as sampler:
@@ -418,11 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     results["raw"] = measure_raw(args, checkpoint)
     print(raw_table(results["raw"]), flush=True)
 
-    port = free_port()
-    env = service_env(args, checkpoint, port, args.max_queue_size)
-    service = ServerProcess("service", shlex.split(args.service_command), env, log_dir)
+    service = service_process(args, checkpoint, "service", args.max_queue_size, log_dir)
     with running(service, args.ready_timeout):
-        payloads = payloads_for(port)
+        payloads = payloads_for(service.port)
         warm_up(service, payloads, args)
         results["service"] = {"rss_start_mb": round(rss_mb(service.pid), 1)}
         results["service"]["levels"] = run_levels(service, payloads, args, scrape=True)
