@@ -45,7 +45,7 @@ from bench.report import (
     write_json,
 )
 from bench.stats import LevelResult, describe_histogram, histogram_delta, summarize
-from src.config import Settings
+from src.core.settings import Settings
 from src.models import read_checkpoint
 
 API_KEY = "bench-key-0123456789"

@@ -24,15 +24,16 @@ import torch
 from fastapi import FastAPI, File, Header, HTTPException, Request, UploadFile
 from PIL import Image
 
-from src.config import resolve_device
-from src.models import build_preprocess, load_classifier
+from src.core.device import resolve_device
+from src.models import build_preprocess
+from src.models.backends import torch as torch_backend
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     device = torch.device(resolve_device(os.environ.get("BENCH_DEVICE", "cpu")))
-    classifier = load_classifier(os.environ["BENCH_CHECKPOINT"], device)
+    classifier = torch_backend.load(os.environ["BENCH_CHECKPOINT"], device)
     size = classifier.metadata.input_size
     classifier.predict_proba(torch.zeros(1, 3, size, size))
     app.state.classifier = classifier

@@ -25,8 +25,9 @@ import torch
 from bench.frames import load_frames
 from bench.procs import REPO_ROOT
 from bench.stats import median
-from src.models import build_preprocess, load_classifier, read_checkpoint
-from src.validation import ImageLimits, decode_image
+from src.media.images import ImageLimits, decode_image
+from src.models import build_preprocess, read_checkpoint
+from src.models.backends import torch as torch_backend
 
 CASES = {
     "main": "load and run on the main thread",
@@ -59,9 +60,9 @@ def run_case(case: str, checkpoint: str, threads: int, batches: list[int], itera
     device = torch.device("cpu")
     worker = ThreadPoolExecutor(max_workers=1)
     if case == "worker-loaded-on-worker":
-        classifier = worker.submit(load_classifier, checkpoint, device).result()
+        classifier = worker.submit(torch_backend.load, checkpoint, device).result()
     else:
-        classifier = load_classifier(checkpoint, device)
+        classifier = torch_backend.load(checkpoint, device)
     if case == "main":
         return [_time_forward(classifier, b, iterations) for b in batches]
     return [worker.submit(_time_forward, classifier, b, iterations).result() for b in batches]

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from bench.stats import median
-from src.config import resolve_device
-from src.models import load_classifier
+from src.core.device import resolve_device
+from src.models.backends import torch as torch_backend
 from src.serve.__main__ import tune_allocator
 
 
@@ -80,7 +80,7 @@ def measure(
 ) -> dict[str, Any]:
     tune_allocator()  # the same allocator setting as `python -m src.serve`, for a fair ratio
     torch.set_num_threads(threads)
-    classifier = load_classifier(
+    classifier = torch_backend.load(
         checkpoint, torch.device(resolve_device(device)), channels_last=channels_last
     )
     rows = time_batches(classifier, sorted(set(batches)), warmup, min_rounds, budget_s)

@@ -24,8 +24,10 @@ echo "== 1. device selection and batched inference on $DEVICE"
 import sys
 import numpy as np
 import torch
-from src.config import Settings, resolve_device
-from src.models import build_crop, load_classifier
+from src.core.device import resolve_device
+from src.core.settings import Settings
+from src.models import build_crop
+from src.models.backends import torch as torch_backend
 
 want = sys.argv[1]
 chosen = resolve_device("auto")
@@ -35,8 +37,8 @@ if want == "cuda":
     print("GPU:", torch.cuda.get_device_name(0))
     assert Settings(device="auto").effective_max_batch_size == 32
 ckpt = "checkpoints/demo/model.pt"
-on_device = load_classifier(ckpt, torch.device(want))
-on_cpu = load_classifier(ckpt, torch.device("cpu"))
+on_device = torch_backend.load(ckpt, torch.device(want))
+on_cpu = torch_backend.load(ckpt, torch.device("cpu"))
 crop = build_crop(on_cpu.metadata)
 rng = np.random.default_rng(0)
 frames = [crop(rng.integers(0, 256, (200 + i, 180, 3), dtype=np.uint8)) for i in range(33)]

@@ -44,6 +44,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
+from src.core.labels import LABELS
 from src.data.blend import (
     Box,
     blend,
@@ -74,7 +75,6 @@ __all__ = [
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 XMANIP_SPLIT = "test_xmanip"
-LABELS: tuple[str, str] = ("real", "fake")
 MANIFEST_COLUMNS = ("path", "split", "label", "identity", "source", "manipulation")
 DEFAULT_PER_IDENTITY = 120
 DEFAULT_SIZE = 224

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from src.preprocess.faces import Box, FaceDetector
+from src.media.faces import Box, FaceDetector
 
 __all__ = ["Identity", "find_package_file", "load_identities", "source_photos"]
 

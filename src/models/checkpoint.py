@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from src.exceptions import CheckpointError
+from src.core.errors import CheckpointError
+from src.core.labels import FAKE, LABELS, fake_index
 
 CHECKPOINT_FORMAT = "dfd-checkpoint/1"
-DEFAULT_LABELS = ("real", "fake")
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -34,7 +35,7 @@ class ModelMetadata(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     architecture: str
-    labels: list[str] = Field(default_factory=lambda: list(DEFAULT_LABELS))
+    labels: list[str] = Field(default_factory=lambda: list(LABELS))
     input_size: int = Field(default=224, ge=16, le=2048)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -49,13 +50,13 @@ class ModelMetadata(BaseModel):
     @field_validator("labels")
     @classmethod
     def _labels_have_fake(cls, labels: list[str]) -> list[str]:
-        if "fake" not in labels or len(set(labels)) != len(labels) or len(labels) < 2:
+        if FAKE not in labels or len(set(labels)) != len(labels) or len(labels) < 2:
             raise ValueError("labels must be distinct, at least two, and include 'fake'")
         return labels
 
     @property
     def fake_index(self) -> int:
-        return self.labels.index("fake")
+        return fake_index(self.labels)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from src.config import Settings, load_settings
-from src.exceptions import ConfigurationError
+from src.core.errors import ConfigurationError
+from src.core.settings import Settings, load_settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,8 +1,13 @@
-"""Exception handlers: every error leaves as the one JSON shape with the request id."""
+"""Errors to HTTP: each engine error's status and headers, and the handlers that answer every
+failure with the one JSON error shape and the request id.
+
+The mapping lives here, not on the errors, so the engine stays free of HTTP.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -11,13 +16,41 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from src.exceptions import DeepfakeServiceError
-from src.inference import ClientDisconnectedError
-from src.request_context import current_request_id
-from src.schemas import error_body
+from src.core import errors
+from src.core.context import current_request_id
+from src.serve.schemas import error_body
 
 logger = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499
+
+# The most specific class in an error's MRO decides its status.
+HTTP_STATUS: dict[type[errors.DeepfakeError], int] = {
+    errors.DeepfakeError: 500,
+    errors.AuthenticationError: 401,
+    errors.InputError: 400,
+    errors.PayloadTooLargeError: 413,
+    errors.TooMuchWorkError: 413,
+    errors.UnsupportedMediaTypeError: 415,
+    errors.InvalidImageError: 422,
+    errors.ClientDisconnectedError: CLIENT_CLOSED_REQUEST,
+    errors.ServiceUnavailableError: 503,
+    errors.InferenceTimeoutError: 504,
+}
+EXPECTED_SERVER_STATUSES = frozenset({503, 504})
+
+
+def http_status(exc: errors.DeepfakeError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def http_headers(exc: errors.DeepfakeError) -> dict[str, str]:
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(retry_after)))}
 
 
 def _error_response(
@@ -28,13 +61,16 @@ def _error_response(
     )
 
 
-async def handle_service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, DeepfakeServiceError)
-    if exc.status_code >= 500 and exc.status_code not in (503, 504):
+async def handle_service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.DeepfakeError)
+    status = http_status(exc)
+    if status == CLIENT_CLOSED_REQUEST:
+        return await handle_client_disconnect(request, exc)
+    if status >= 500 and status not in EXPECTED_SERVER_STATUSES:
         logger.warning("request failed: %s (%s)", exc.code, exc.message)
     else:  # client errors and load shedding are expected; INFO keeps overload cheap
         logger.info("request refused: %s (%s)", exc.code, exc.message)
-    return _error_response(exc.status_code, exc.code, exc.message, exc.headers)
+    return _error_response(status, exc.code, exc.message, http_headers(exc))
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -60,8 +96,7 @@ async def handle_client_disconnect(request: Request, exc: Exception) -> Response
 
 
 def install_exception_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(DeepfakeServiceError, handle_service_error)
+    app.add_exception_handler(errors.DeepfakeError, handle_service_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
-    app.add_exception_handler(ClientDisconnectedError, handle_client_disconnect)
     app.add_exception_handler(ClientDisconnect, handle_client_disconnect)

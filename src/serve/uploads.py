@@ -10,7 +10,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import Message, Receive
 
-from src.exceptions import BadRequestError, EmptyUploadError, PayloadTooLargeError
+from src.core.errors import BadRequestError, EmptyUploadError, PayloadTooLargeError
 
 CHUNK = 64 * 1024
 RAW_CONTENT_TYPES = ("image/", "application/octet-stream")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.exceptions import CheckpointError
+from src.core.errors import CheckpointError
 from src.models.checkpoint import ModelMetadata, read_checkpoint, save_checkpoint
 
 LAST_NAME = "last.pt"

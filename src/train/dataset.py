@@ -29,18 +29,34 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from src.core.errors import DatasetError
+from src.core.labels import LABELS
 from src.models.transforms import Preprocess
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LABELS",
+    "MANIFEST_NAME",
+    "DatasetError",
+    "FrameDataset",
+    "Sample",
+    "TrainAugment",
+    "describe",
+    "discover_splits",
+    "group_from_filename",
+    "load_split",
+    "read_manifest",
+    "read_rgb",
+    "scan_class_folders",
+    "seed_worker",
+    "split_by_group",
+]
 
 logger = logging.getLogger(__name__)
 
-LABELS: tuple[str, str] = ("real", "fake")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 MANIFEST_NAME = "manifest.csv"
 _FRAME_SUFFIX = re.compile(r"^(?P<group>.+)_f\d+$")
-
-
-class DatasetError(ValueError):
-    """The data directory is missing, empty, or laid out in a way this module does not know."""
 
 
 @dataclass(frozen=True)

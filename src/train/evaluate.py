@@ -1,9 +1,10 @@
 """``python -m src.train.evaluate``: score checkpoints on a data split and compare them.
 
-Each checkpoint is loaded the way the service loads it (:func:`src.models.classifier.
-load_classifier`) and its images are prepared by the checkpoint's own
-:func:`src.models.transforms.build_preprocess`. Images are used as they are on disk: for a
-``face_crop`` model they must already be face crops, like the training data.
+Each checkpoint is loaded the way the service loads it (:func:`src.models.backends.torch.load`),
+its images are prepared by the checkpoint's own :func:`src.models.transforms.build_preprocess`,
+and its fake probability is read from the column its own ``labels`` name, in any order. Images
+are used as they are on disk: for a ``face_crop`` model they must already be face crops, like the
+training data.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from src.exceptions import DeepfakeServiceError
-from src.models.classifier import load_classifier
+from src.core.device import resolve_device
+from src.core.errors import CheckpointError, DatasetError
+from src.models.backends import torch as torch_backend
 from src.models.transforms import build_preprocess
-from src.train.dataset import DatasetError, FrameDataset, Sample, describe, load_split
+from src.train.dataset import FrameDataset, Sample, describe, load_split
 from src.train.metrics import compute_metrics
-from src.train.trainer import predict_fake_probs, select_device
+from src.train.trainer import predict_fake_probs
 
 TABLE_METRICS = (
     "acc",
@@ -62,17 +64,13 @@ def evaluate_checkpoint(
     workers: int = 0,
 ) -> Evaluation:
     """Frame- and video-level metrics of one checkpoint on ``samples``."""
-    classifier = load_classifier(checkpoint, device)
-    metadata = classifier.metadata
-    if metadata.labels[metadata.fake_index] != "fake" or len(metadata.labels) != 2:
-        raise DatasetError(f"{checkpoint}: only binary real/fake models can be evaluated")
+    backend = torch_backend.load(checkpoint, device)
+    metadata = backend.metadata
     dataset = FrameDataset(samples, build_preprocess(metadata))
     loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers
     )
-    labels, probs, _ = predict_fake_probs(classifier.model, loader, device)
-    if metadata.fake_index != 1:
-        probs = 1.0 - probs  # predict_fake_probs reads column 1
+    labels, probs, _ = predict_fake_probs(backend.model, loader, device, labels=metadata.labels)
     metrics = compute_metrics(labels, probs, groups=dataset.groups, threshold=metadata.threshold)
     return Evaluation(str(checkpoint), metadata.version, split, metrics)
 
@@ -169,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        device = select_device(args.device)
+        device = torch.device(resolve_device(args.device))
         evaluations: list[Evaluation] = []
         for split in args.split:
             samples = load_split(args.data, split)
@@ -180,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                         checkpoint, samples, split, device, args.batch_size, args.workers
                     )
                 )
-    except (DatasetError, DeepfakeServiceError, RuntimeError) as exc:
+    except (DatasetError, CheckpointError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(evaluations))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.exceptions import CheckpointError
+from src.core.errors import CheckpointError
 from src.models.checkpoint import CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)

@@ -1,20 +1,20 @@
 """The training loop: one epoch of training, validation, and ``fit`` that ties them together.
 
-``fit`` writes into ``out_dir``: ``metrics.csv`` (one row per epoch), ``last.pt`` (resumable) and
-``best.pt`` (the shipping checkpoint: weights and metadata, no optimiser state).
+``fit`` writes into ``out_dir``: ``metrics.csv`` (one row per epoch, :mod:`src.train.metrics_csv`),
+``last.pt`` (resumable) and ``best.pt`` (the shipping checkpoint: weights and metadata, no
+optimiser state), and with ``keep_top`` the best epochs; :mod:`src.train.saver` decides which.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,117 +27,61 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from src.exceptions import CheckpointError
+from src.core.device import resolve_device
+from src.core.errors import CheckpointError
+from src.core.labels import LABELS, fake_column
 from src.models.checkpoint import IMAGENET_MEAN, IMAGENET_STD, ModelMetadata
-from src.models.classifier import build_model
+from src.models.network import build_model
 from src.models.transforms import build_preprocess
 from src.train.checkpoint import (
-    BEST_NAME,
-    LAST_NAME,
+    ResumePoint,
     TrainingState,
     capture_rng_state,
     finite_metrics,
     load_resume_point,
     resolve_resume,
     restore_rng_state,
-    save_best,
-    save_last,
 )
+from src.train.config import TrainConfig
 from src.train.dataset import (
-    LABELS,
     FrameDataset,
+    Sample,
     TrainAugment,
     describe,
     discover_splits,
     seed_worker,
 )
 from src.train.metrics import compute_metrics
-from src.train.pretrained import default_pretrained, initialise
+from src.train.metrics_csv import METRICS_NAME, MetricsCsv
+from src.train.pretrained import initialise
+from src.train.saver import CheckpointSaver
+
+__all__ = [
+    "FitResult",
+    "TrainConfig",
+    "autocast_dtype",
+    "build_optimizer",
+    "build_scheduler",
+    "fit",
+    "lr_factor_fn",
+    "predict_fake_probs",
+    "train_one_epoch",
+    "validate",
+]
 
 logger = logging.getLogger(__name__)
-
-METRICS_NAME = "metrics.csv"
-LOWER_IS_BETTER = frozenset(
-    {"loss", "log_loss", "eer", "video_loss", "video_log_loss", "video_eer"}
-)
-FAKE_INDEX = LABELS.index("fake")
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training run; ``python -m src.train --help`` documents each."""
-
-    data_dir: Path
-    out_dir: Path
-    arch: str = "efficientnet_lite0"
-    pretrained: str | None = None  # None: "imagenet" where available, else "none"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    scheduler: str = "cosine"
-    warmup_epochs: float = 0.0
-    min_lr_ratio: float = 0.01
-    step_epochs: int = 3
-    step_gamma: float = 0.1
-    image_size: int = 224
-    device: str = "auto"
-    amp: str = "auto"
-    seed: int = 0
-    resume: str | None = None
-    best_metric: str = "auc"
-    workers: int = 2
-    face_crop: bool = False
-    face_margin: float = 1.3
-    version: str = "0.1.0"
-    max_steps_per_epoch: int | None = None
-    val_fraction: float = 0.2
-    label_smoothing: float = 0.0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
-        self.out_dir = Path(self.out_dir)
-        if self.pretrained is None:
-            self.pretrained = default_pretrained(self.arch)
-        if self.optimizer not in {"adamw", "sgd"}:
-            raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if self.scheduler not in {"cosine", "step", "none"}:
-            raise ValueError(f"scheduler must be cosine, step or none, got {self.scheduler!r}")
-        if self.amp not in {"auto", "bf16", "fp16", "off"}:
-            raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch size must be at least 1")
-        self.best_metric = self.best_metric.removeprefix("val_")
-
-    def as_record(self) -> dict[str, Any]:
-        """JSON-friendly copy for the checkpoint's ``train_args``."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 @dataclass
 class FitResult:
+    """Where a run left its files, and its best epoch (None when no epoch ran)."""
+
     out_dir: Path
     best_path: Path | None
     last_path: Path
     best_epoch: int | None
     best_score: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def select_device(spec: str) -> torch.device:
-    """``auto`` -> the first CUDA device if there is one, else the CPU."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {spec}: CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"--device {spec}: only {torch.cuda.device_count()} CUDA devices")
-    return device
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -295,28 +239,43 @@ def train_one_epoch(
     }
 
 
+def _target_columns(labels: Sequence[str]) -> torch.Tensor:
+    """Data label ``i`` (``LABELS[i]``) -> its column in a model whose classes are ``labels``."""
+    missing = [name for name in LABELS if name not in labels]
+    if missing:
+        raise ValueError(f"model labels {list(labels)} lack {missing}")
+    return torch.tensor([list(labels).index(name) for name in LABELS])
+
+
 def predict_fake_probs(
     model: nn.Module,
     loader: DataLoader[tuple[torch.Tensor, int]],
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
+    labels: Sequence[str] = LABELS,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(labels, fake probabilities, mean cross-entropy)`` over ``loader``, in its order."""
+    """``(data labels, fake probabilities, mean cross-entropy)`` over ``loader``, in its order.
+
+    ``labels`` is the model's class order (its checkpoint's ``labels``), so a model trained with
+    another order is read and scored right.
+    """
     model.eval()
+    columns = _target_columns(labels).to(device)
     labels_out: list[np.ndarray] = []
     probs_out: list[np.ndarray] = []
     loss_sum, seen = 0.0, 0
     with torch.inference_mode():
-        for images, labels in loader:
+        for images, targets in loader:
             images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
             with _autocast(device, amp_dtype):
                 logits = model(images)
             logits = logits.float()
-            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            seen += labels.shape[0]
-            probs_out.append(torch.softmax(logits, dim=1)[:, FAKE_INDEX].cpu().numpy())
-            labels_out.append(labels.cpu().numpy())
+            loss = nn.functional.cross_entropy(logits, columns[targets], reduction="sum")
+            loss_sum += float(loss)
+            seen += targets.shape[0]
+            probs_out.append(fake_column(torch.softmax(logits, dim=1), labels).cpu().numpy())
+            labels_out.append(targets.cpu().numpy())
     if not seen:
         return np.zeros(0, np.int64), np.zeros(0, np.float64), math.nan
     return np.concatenate(labels_out), np.concatenate(probs_out), loss_sum / seen
@@ -330,51 +289,13 @@ def validate(
     groups: list[str] | None = None,
     amp_dtype: torch.dtype | None = None,
     threshold: float = 0.5,
+    labels: Sequence[str] = LABELS,
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``loader`` (see :func:`src.train.metrics.compute_metrics`)."""
-    labels, probs, loss = predict_fake_probs(model, loader, device, amp_dtype)
+    targets, probs, loss = predict_fake_probs(model, loader, device, amp_dtype, labels)
     metrics = {"loss": loss}
-    metrics.update(compute_metrics(labels, probs, groups=groups, threshold=threshold))
+    metrics.update(compute_metrics(targets, probs, groups=groups, threshold=threshold))
     return metrics
-
-
-def is_better(score: float, best: float | None, metric: str) -> bool:
-    """Whether ``score`` beats ``best``; NaN never wins, anything beats a missing or NaN best."""
-    if best is None:
-        return True
-    if math.isnan(score):
-        return False
-    if math.isnan(best):
-        return True
-    return score < best if metric in LOWER_IS_BETTER else score > best
-
-
-def _append_metrics_row(path: Path, row: dict[str, Any]) -> None:
-    exists = path.is_file() and path.stat().st_size > 0
-    if exists:
-        with path.open(newline="", encoding="utf-8") as handle:
-            fieldnames = next(csv.reader(handle))
-    else:
-        fieldnames = list(row)
-    with path.open("a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore", restval="")
-        if not exists:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Keep only rows of epochs ``<= last_epoch`` (a crash may have left a later row)."""
-    if not path.is_file():
-        return
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        fieldnames = list(reader.fieldnames or [])
-        rows = [row for row in reader if int(row["epoch"]) <= last_epoch]
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _format_summary(
@@ -416,15 +337,199 @@ def _make_loader(
     )
 
 
+def _load_model(
+    config: TrainConfig,
+    resume: ResumePoint | None,
+    resume_path: Path | None,
+    log: Callable[[str], None],
+) -> tuple[nn.Module, ModelMetadata]:
+    """The network (initial or resumed weights) and the metadata every checkpoint carries."""
+    model = build_model(config.arch, num_classes=len(LABELS))
+    pretrained_cfg = getattr(model, "pretrained_cfg", {}) or {}
+    metadata = ModelMetadata(
+        architecture=config.arch,
+        labels=list(LABELS),
+        input_size=config.image_size,
+        mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(pretrained_cfg.get("std", IMAGENET_STD)),
+        version=config.version,
+        threshold=0.5,
+        face_crop=config.face_crop,
+        face_margin=config.face_margin,
+        train_args=config.as_record(),
+    )
+    if resume is None:
+        assert config.pretrained is not None
+        log(f"init: {initialise(model, config.arch, config.pretrained)}")
+        return model, metadata
+    saved = resume.metadata
+    if (saved.architecture, saved.input_size) != (config.arch, config.image_size):
+        raise CheckpointError(
+            f"{resume_path} is {saved.architecture} at {saved.input_size}px but this run "
+            f"asks for {config.arch} at {config.image_size}px"
+        )
+    model.load_state_dict(resume.state_dict)
+    return model, metadata
+
+
+@dataclass
+class _Run:
+    """What ``fit`` builds before the first epoch, and the steps of one epoch on it."""
+
+    config: TrainConfig
+    device: torch.device
+    model: nn.Module
+    metadata: ModelMetadata
+    train_set: FrameDataset
+    val_set: FrameDataset
+    train_loader: DataLoader[tuple[torch.Tensor, int]]
+    val_loader: DataLoader[tuple[torch.Tensor, int]]
+    loader_generator: torch.Generator
+    steps_per_epoch: int
+    optimizer: Optimizer
+    scheduler: LambdaLR
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    amp_dtype: torch.dtype | None
+
+    @classmethod
+    def build(
+        cls,
+        config: TrainConfig,
+        device: torch.device,
+        splits: dict[str, list[Sample]],
+        model: nn.Module,
+        metadata: ModelMetadata,
+    ) -> _Run:
+        model.to(device)
+        preprocess = build_preprocess(metadata)
+        train_set = FrameDataset(
+            splits["train"], preprocess, TrainAugment(config.image_size), seed=config.seed
+        )
+        val_set = FrameDataset(splits["val"], preprocess)
+        generator = torch.Generator()
+        train_loader = _make_loader(
+            train_set,
+            config.batch_size,
+            config.workers,
+            shuffle=True,
+            generator=generator,
+            device=device,
+            drop_last=len(train_set) > config.batch_size,
+        )
+        val_loader = _make_loader(
+            val_set, config.batch_size, config.workers, shuffle=False, generator=None, device=device
+        )
+        steps = len(train_loader)
+        if config.max_steps_per_epoch is not None:
+            steps = max(1, min(steps, config.max_steps_per_epoch))
+        optimizer = build_optimizer(
+            model, config.optimizer, config.lr, config.weight_decay, config.momentum
+        )
+        amp_dtype = autocast_dtype(config.amp, device)
+        return cls(
+            config=config,
+            device=device,
+            model=model,
+            metadata=metadata,
+            train_set=train_set,
+            val_set=val_set,
+            train_loader=train_loader,
+            val_loader=val_loader,
+            loader_generator=generator,
+            steps_per_epoch=steps,
+            optimizer=optimizer,
+            scheduler=build_scheduler(optimizer, config, steps),
+            scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+            loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+            amp_dtype=amp_dtype,
+        )
+
+    def restore(self, state: TrainingState) -> None:
+        """Optimiser, scheduler, grad scaler and RNG exactly as ``last.pt`` left them."""
+        self.optimizer.load_state_dict(state.optimizer)
+        if state.scheduler is not None:
+            self.scheduler.load_state_dict(state.scheduler)
+        if state.scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state.scaler)
+        restore_rng_state(state.rng)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch whose data order and augmentation depend only on the seed and ``epoch``."""
+        config = self.config
+        self.train_set.set_epoch(epoch)
+        self.loader_generator.manual_seed(config.seed * 1_000_003 + epoch)
+        return train_one_epoch(
+            self.model,
+            self.train_loader,
+            self.optimizer,
+            self.scheduler,
+            self.device,
+            loss_fn=self.loss_fn,
+            amp_dtype=self.amp_dtype,
+            scaler=self.scaler,
+            max_steps=self.steps_per_epoch,
+            description=f"epoch {epoch}/{config.epochs}",
+            progress=config.progress,
+        )
+
+    def validate(self) -> dict[str, float]:
+        return validate(
+            self.model,
+            self.val_loader,
+            self.device,
+            groups=self.val_set.groups,
+            amp_dtype=self.amp_dtype,
+            threshold=self.metadata.threshold,
+            labels=self.metadata.labels,
+        )
+
+    def epoch_metadata(self, epoch: int, val_metrics: dict[str, float]) -> ModelMetadata:
+        return self.metadata.model_copy(
+            update={
+                "metrics": finite_metrics({**val_metrics, "epoch": float(epoch)}),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
+
+    def training_state(self, epoch: int, global_step: int) -> TrainingState:
+        """Resume state; the saver fills in the best score and epoch."""
+        return TrainingState(
+            epoch=epoch,
+            global_step=global_step,
+            best_score=None,
+            best_epoch=None,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            rng=capture_rng_state(),
+        )
+
+
+def _metrics_row(
+    epoch: int,
+    step: int,
+    train: dict[str, float],
+    val: dict[str, float],
+    seconds: float,
+    best: bool,
+) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "step": step,
+        "train_loss": train["loss"],
+        "lr": train["lr"],
+        **{f"val_{k}": v for k, v in val.items()},
+        "epoch_seconds": round(seconds, 2),
+        "best": int(best),
+    }
+
+
 def fit(config: TrainConfig, log: Callable[[str], None] = print) -> FitResult:
     """Train, validate every epoch, and keep ``best.pt``/``last.pt`` in ``config.out_dir``."""
-    device = select_device(config.device)
-    amp_dtype = autocast_dtype(config.amp, device)
-    out_dir = config.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = out_dir / METRICS_NAME
-    resume_path = resolve_resume(config.resume, out_dir)
-
+    device = torch.device(resolve_device(config.device))
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    resume_path = resolve_resume(config.resume, config.out_dir)
     seed_everything(config.seed)
     with deterministic_mode(device):
         splits = discover_splits(
@@ -432,159 +537,42 @@ def fit(config: TrainConfig, log: Callable[[str], None] = print) -> FitResult:
         )
         log(f"train: {describe(splits['train'])}")
         log(f"val:   {describe(splits['val'])}")
-
-        model = build_model(config.arch, num_classes=len(LABELS))
-        pretrained_cfg = getattr(model, "pretrained_cfg", {}) or {}
-        metadata = ModelMetadata(
-            architecture=config.arch,
-            labels=list(LABELS),
-            input_size=config.image_size,
-            mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
-            std=tuple(pretrained_cfg.get("std", IMAGENET_STD)),
-            version=config.version,
-            threshold=0.5,
-            face_crop=config.face_crop,
-            face_margin=config.face_margin,
-            train_args=config.as_record(),
-        )
         resume = load_resume_point(resume_path) if resume_path else None
-        if resume is None:
-            assert config.pretrained is not None
-            log(f"init: {initialise(model, config.arch, config.pretrained)}")
+        run = _Run.build(config, device, splits, *_load_model(config, resume, resume_path, log))
+        saver = CheckpointSaver(config.out_dir, config.best_metric, keep_top=config.keep_top)
+        metrics_csv = MetricsCsv(config.out_dir / METRICS_NAME)
+        state = resume.training if resume else None
+        saver.restore(state)
+        start_epoch, global_step = (state.epoch, state.global_step) if state else (0, 0)
+        if state is None:
+            metrics_csv.reset()
         else:
-            saved = resume.metadata
-            if (saved.architecture, saved.input_size) != (config.arch, config.image_size):
-                raise CheckpointError(
-                    f"{resume_path} is {saved.architecture} at {saved.input_size}px but this run "
-                    f"asks for {config.arch} at {config.image_size}px"
-                )
-            model.load_state_dict(resume.state_dict)
-        model.to(device)
-
-        preprocess = build_preprocess(metadata)
-        train_set = FrameDataset(
-            splits["train"], preprocess, TrainAugment(config.image_size), seed=config.seed
-        )
-        val_set = FrameDataset(splits["val"], preprocess)
-        loader_generator = torch.Generator()
-        train_loader = _make_loader(
-            train_set,
-            config.batch_size,
-            config.workers,
-            shuffle=True,
-            generator=loader_generator,
-            device=device,
-            drop_last=len(train_set) > config.batch_size,
-        )
-        val_loader = _make_loader(
-            val_set, config.batch_size, config.workers, shuffle=False, generator=None, device=device
-        )
-        steps_per_epoch = len(train_loader)
-        if config.max_steps_per_epoch is not None:
-            steps_per_epoch = max(1, min(steps_per_epoch, config.max_steps_per_epoch))
-
-        optimizer = build_optimizer(
-            model, config.optimizer, config.lr, config.weight_decay, config.momentum
-        )
-        scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-        start_epoch, global_step = 0, 0
-        best_score: float | None = None
-        best_epoch: int | None = None
-        if resume is not None:
-            state = resume.training
-            optimizer.load_state_dict(state.optimizer)
-            if state.scheduler is not None:
-                scheduler.load_state_dict(state.scheduler)
-            if state.scaler and scaler.is_enabled():
-                scaler.load_state_dict(state.scaler)
-            start_epoch, global_step = state.epoch, state.global_step
-            best_score, best_epoch = state.best_score, state.best_epoch
-            restore_rng_state(state.rng)
-            _truncate_metrics(metrics_path, start_epoch)
+            run.restore(state)
+            metrics_csv.truncate_after(start_epoch)
             log(f"resumed from {resume_path} after epoch {start_epoch}")
-        elif metrics_path.exists():
-            metrics_path.unlink()
 
         history: list[dict[str, Any]] = []
-        best_path = out_dir / BEST_NAME if (out_dir / BEST_NAME).is_file() else None
-        last_path = out_dir / LAST_NAME
         for epoch in range(start_epoch + 1, config.epochs + 1):
             started = time.perf_counter()
-            train_set.set_epoch(epoch)
-            loader_generator.manual_seed(config.seed * 1_000_003 + epoch)
-            train_stats = train_one_epoch(
-                model,
-                train_loader,
-                optimizer,
-                scheduler,
-                device,
-                loss_fn=loss_fn,
-                amp_dtype=amp_dtype,
-                scaler=scaler,
-                max_steps=steps_per_epoch,
-                description=f"epoch {epoch}/{config.epochs}",
-                progress=config.progress,
-            )
+            train_stats = run.train_epoch(epoch)
             global_step += int(train_stats["steps"])
-            val_metrics = validate(
-                model,
-                val_loader,
-                device,
-                groups=val_set.groups,
-                amp_dtype=amp_dtype,
-                threshold=metadata.threshold,
-            )
-            if config.best_metric not in val_metrics:
-                raise ValueError(
-                    f"--best-metric {config.best_metric!r} is not one of {sorted(val_metrics)}"
-                )
-            score = val_metrics[config.best_metric]
-            improved = is_better(score, best_score, config.best_metric)
-            if improved:
-                best_score, best_epoch = score, epoch
+            val_metrics = run.validate()
+            score = saver.score(val_metrics)
+            improved = saver.is_better(score)
             seconds = time.perf_counter() - started
-
-            epoch_metadata = metadata.model_copy(
-                update={
-                    "metrics": finite_metrics({**val_metrics, "epoch": float(epoch)}),
-                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                }
-            )
-            if improved:
-                best_path = save_best(out_dir / BEST_NAME, model, epoch_metadata)
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "step": global_step,
-                "train_loss": train_stats["loss"],
-                "lr": train_stats["lr"],
-                **{f"val_{k}": v for k, v in val_metrics.items()},
-                "epoch_seconds": round(seconds, 2),
-                "best": int(improved),
-            }
-            _append_metrics_row(metrics_path, row)
+            row = _metrics_row(epoch, global_step, train_stats, val_metrics, seconds, improved)
+            metrics_csv.append(row)
             history.append(row)
-            training_state = TrainingState(
-                epoch=epoch,
-                global_step=global_step,
-                best_score=best_score,
-                best_epoch=best_epoch,
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                rng=capture_rng_state(),
-            )
-            save_last(last_path, model, epoch_metadata, training_state)
+            metadata = run.epoch_metadata(epoch, val_metrics)
+            saver.save(epoch, score, run.model, metadata, run.training_state(epoch, global_step))
             log(_format_summary(epoch, config.epochs, train_stats, val_metrics, seconds, improved))
     if start_epoch >= config.epochs:
         log(f"nothing to do: {resume_path} already finished epoch {start_epoch}")
     return FitResult(
-        out_dir=out_dir,
-        best_path=best_path,
-        last_path=last_path,
-        best_epoch=best_epoch,
-        best_score=best_score,
+        out_dir=config.out_dir,
+        best_path=saver.best_path,
+        last_path=saver.last_path,
+        best_epoch=saver.best_epoch,
+        best_score=saver.best_score,
         history=history,
     )

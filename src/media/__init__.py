@@ -1,0 +1,1 @@
+"""Media in, checked pixels out: images (bytes -> RGB), faces, video frames."""

@@ -1,0 +1,51 @@
+"""What the engine needs of a model runtime: the ``Backend`` protocol and its per-item result.
+
+A backend takes a batch of uint8 SxSx3 crops (``transforms.build_crop``'s output) and returns one
+result per crop; it owns normalisation, the device and the runtime. The engine calls it only from
+the model thread. Torch is one implementation (``backends/torch.py``); an ONNX Runtime or an
+explaining backend is one more class with the same four members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from src.models.checkpoint import ModelMetadata
+
+
+@dataclass(frozen=True, slots=True)
+class FrameScore:
+    """One crop's result: the probability that it is fake."""
+
+    fake_prob: float
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """How a backend describes itself to readiness, metrics and logs."""
+
+    backend: str
+    device: str
+    metadata: ModelMetadata
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded model that scores uint8 crops. Loading is its module's ``load`` function."""
+
+    @property
+    def metadata(self) -> ModelMetadata: ...
+
+    def describe(self) -> BackendInfo: ...
+
+    def warm_up(self, batch_sizes: Iterable[int]) -> None:
+        """Run blank batches of these sizes once, so the first request pays no set-up cost."""
+        ...
+
+    def score(self, crops: Sequence[np.ndarray]) -> Sequence[FrameScore]:
+        """One result per crop, in order."""
+        ...

@@ -1,0 +1,100 @@
+"""Pure ASGI middleware: request id, access log and HTTP metrics for every request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from src.core.context import request_id_var
+from src.serve.metrics import Metrics
+from src.serve.schemas import error_body
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+access_logger = logging.getLogger("src.access")
+logger = logging.getLogger(__name__)
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == REQUEST_ID_HEADER.encode():
+            candidate = value.decode("latin-1").strip()
+            return candidate if _VALID_REQUEST_ID.match(candidate) else None
+    return None
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (bounded label values), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "<unmatched>"
+
+
+class RequestContextMiddleware:
+    """Keeps or makes an ``X-Request-ID``, echoes it, logs one access line and counts metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = incoming_request_id(scope) or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["arrived_at"] = started
+        status = 500
+        status_sent = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, status_sent
+            if message["type"] == "http.response.start":
+                status, status_sent = message["status"], True
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k != REQUEST_ID_HEADER.encode()
+                ]
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        self.metrics.http_in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Logged in full here; the client gets a generic 500 that leaks nothing.
+            logger.exception(
+                "unhandled error while serving %s %s", scope.get("method"), scope.get("path")
+            )
+            if status_sent:
+                raise
+            response = JSONResponse(
+                error_body("internal_error", "internal server error", request_id), status_code=500
+            )
+            await response(scope, receive, send_with_id)
+        finally:
+            duration = time.perf_counter() - started
+            self.metrics.http_in_flight.dec()
+            route = route_template(scope)
+            method = scope.get("method", "")
+            self.metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
+            self.metrics.http_latency.labels(method=method, route=route).observe(duration)
+            extra: dict[str, Any] = {
+                "method": method,
+                "path": scope.get("path", ""),
+                "status": status,
+                "duration_ms": round(duration * 1000, 2),
+                "client": (scope.get("client") or ("", 0))[0],
+                "key_id": getattr(state.get("caller"), "key_id", None),
+            }
+            access_logger.info("%s %s %s", method, scope.get("path", ""), status, extra=extra)
+            request_id_var.reset(token)

@@ -1,0 +1,36 @@
+"""Probes for operators: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from src.serve.deps import ready_service
+from src.serve.routes.openapi import error_responses
+from src.serve.schemas import HealthResponse, ReadinessResponse
+
+router = APIRouter(tags=["probes"])
+
+
+@router.get("/health", response_model=HealthResponse)
+async def health() -> HealthResponse:
+    """Liveness: the process is up and its event loop answers."""
+    return HealthResponse()
+
+
+@router.get("/ready", response_model=ReadinessResponse, responses=error_responses(503))
+async def ready(request: Request) -> ReadinessResponse:
+    """Readiness: 200 once the model is loaded and warmed, 503 before that and while draining."""
+    info = ready_service(request).describe()
+    return ReadinessResponse(
+        model_version=info.metadata.version,
+        model_architecture=info.metadata.architecture,
+        device=info.device,
+    )
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

