@@ -32,7 +32,7 @@ from bench.loadgen import build_payloads
 from bench.procs import REPO_ROOT, ServerProcess, free_port, running
 from bench.report import write_json
 
-METRICS = ("throughput_rps", "p50_ms", "p99_ms")
+METRICS = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_ms_per_ok", "batch_mean", "forward_ms")
 
 
 @contextlib.contextmanager
@@ -72,11 +72,15 @@ def run_side(
         payloads = build_payloads(server.port, API_KEY, frames)
         warm_up(server, payloads, args)
         for concurrency in args.concurrency:
-            _, summary = drive(server, payloads, concurrency, args.requests, args, scrape=False)
+            _, summary = drive(server, payloads, concurrency, args.requests, args, scrape=True)
+            summary["batch_mean"] = summary["stages"]["batch_size"].get("mean", 0.0)
+            summary["forward_ms"] = summary["stages"]["forward_ms"].get("mean", 0.0)
             levels[concurrency] = {key: summary[key] for key in (*METRICS, "statuses")}
             print(
                 f"  {name:<9} c={concurrency:<4} {summary['throughput_rps']:7.1f} req/s  "
-                f"p50 {summary['p50_ms']} ms  p99 {summary['p99_ms']} ms  {summary['statuses']}",
+                f"p50 {summary['p50_ms']} ms  p99 {summary['p99_ms']} ms  "
+                f"cpu/ok {summary['server_cpu_ms_per_ok']} ms  batch {summary['batch_mean']}  "
+                f"forward {summary['forward_ms']} ms  {summary['statuses']}",
                 flush=True,
             )
     return levels
@@ -98,15 +102,18 @@ def summarise(rounds: list[dict[str, dict[int, dict[str, Any]]]], levels: list[i
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| c | req/s baseline | req/s current | ratio | p50 ms base / cur | p99 ms base / cur |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| c | req/s baseline | req/s current | ratio | p50 ms base / cur | p99 ms base / cur "
+        "| server CPU ms per answer base / cur | mean batch base / cur |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         lines.append(
             f"| {row['concurrency']} | {row['baseline_throughput_rps']} | "
             f"{row['current_throughput_rps']} | {row['ratio_throughput_rps']} | "
             f"{row['baseline_p50_ms']} / {row['current_p50_ms']} | "
-            f"{row['baseline_p99_ms']} / {row['current_p99_ms']} |"
+            f"{row['baseline_p99_ms']} / {row['current_p99_ms']} | "
+            f"{row['baseline_server_cpu_ms_per_ok']} / {row['current_server_cpu_ms_per_ok']} | "
+            f"{row['baseline_batch_mean']} / {row['current_batch_mean']} |"
         )
     return "\n".join(lines)
 

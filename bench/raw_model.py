@@ -18,7 +18,7 @@ import torch
 from bench.stats import median
 from src.core.device import resolve_device
 from src.models.backends import torch as torch_backend
-from src.serve.__main__ import tune_allocator
+from src.serve.memory import tune_allocator
 
 
 def _inputs(classifier: Any, batch: int) -> torch.Tensor:

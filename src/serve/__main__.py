@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import signal
 import sys
 from typing import Any
@@ -13,6 +12,7 @@ from uvicorn.supervisors import Multiprocess
 
 from src.core.errors import ConfigurationError
 from src.core.settings import Settings, load_settings
+from src.serve.memory import tune_allocator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,24 +45,6 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     from src.serve.app import create_app
 
     return uvicorn.Config(create_app(settings), **options)
-
-
-def tune_allocator() -> None:
-    """Keep freed tensor buffers in the heap instead of returning them to the kernel.
-
-    glibc otherwise unmaps large activations after every forward pass and page-faults them back
-    in on the next (25,000 faults per batch of 4; the pass ~30% slower; BENCHMARKS.md). The
-    cost is that resident memory keeps its high-water mark.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl): nothing to tune
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-    libc.mallopt(m_trim_threshold, 4 * 1024 * 1024 * 1024 - 1)
 
 
 def main(argv: list[str] | None = None) -> int:
