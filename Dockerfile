@@ -75,6 +75,9 @@ COPY --chown=root:root src ./src
 
 USER 10001:10001
 EXPOSE 8000
+# SIGTERM starts the drain (DFD_DRAIN_TIMEOUT_S, 20 s). An image cannot carry a stop timeout and
+# `docker stop`/`podman stop` wait 10 s by default: run it with `--stop-timeout 30` (or stop it
+# with `-t 30`); compose's stop_grace_period and Kubernetes' grace period do the same there.
 STOPSIGNAL SIGTERM
 
 # /ready: 200 only once the model is loaded and warmed, 503 while draining.

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format typecheck demo-data train-demo evaluate-demo bench gpu-check container-check lint-deploy clean
+.PHONY: setup run test lint format typecheck demo-data train-demo evaluate-demo bench hostile gpu-check container-check lint-deploy clean
 
 setup: $(STAMP)
 
@@ -56,12 +56,21 @@ evaluate-demo: demo-data
 ## Load benchmark (not in CI; ~4 min, wants the machine to itself): BENCHMARKS.md's command.
 BENCH_CKPT ?= bench/results/efficientnet_lite0_random.pt
 BENCH_OUT ?= bench/results/latest
-bench: setup
-	test -f $(BENCH_CKPT) || $(PY) -c "from src.models import *; save_checkpoint('$(BENCH_CKPT)', \
+# Random weights: speed and robustness do not depend on the weights' values.
+$(BENCH_CKPT): | $(STAMP)
+	mkdir -p $(dir $(BENCH_CKPT))
+	$(PY) -c "from src.models import *; save_checkpoint('$(BENCH_CKPT)', \
 		build_model('efficientnet_lite0').state_dict(), \
 		ModelMetadata(architecture='efficientnet_lite0', input_size=224, version='bench'))"
+
+bench: setup $(BENCH_CKPT)
 	$(PY) -m bench --checkpoint $(BENCH_CKPT) --requests 300 --concurrency 1,8,32,128 \
 		--soak 10000 --out $(BENCH_OUT)
+
+## Hostile clients (slow uploads, huge headers, silent sockets, decode bombs, deadlines), each
+## against a fresh service with a normal client measuring; ~3-4 min; a table, never a failure.
+hostile: setup $(BENCH_CKPT)
+	$(PY) -m bench.hostile --checkpoint $(BENCH_CKPT) --out bench/results/hostile
 
 ## The CUDA path on a GPU machine: device choice, batched GPU inference, AMP training, benchmark.
 gpu-check: setup

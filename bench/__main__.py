@@ -9,10 +9,8 @@ import json
 import os
 import platform
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,12 @@ import torch
 from bench.frames import load_frames
 from bench.loadgen import build_payloads, run_level
 from bench.procs import (
+    API_KEY,
     REPO_ROOT,
+    RssSampler,
     ServerProcess,
+    add_service_arguments,
+    clean_environ,
     free_port,
     load_average,
     machine_busy_s,
@@ -32,6 +34,8 @@ from bench.procs import (
     rss_mb,
     running,
     service_command,
+    service_env,
+    stop_on_signals,
 )
 from bench.report import (
     FAIL,
@@ -45,20 +49,14 @@ from bench.report import (
     write_json,
 )
 from bench.stats import LevelResult, describe_histogram, histogram_delta, summarize
-from src.core.settings import Settings
 from src.models import read_checkpoint
 
-API_KEY = "bench-key-0123456789"
 STAGES = {
     "preprocess_ms": ("dfd_preprocess_seconds", 1000.0),
     "queue_wait_ms": ("dfd_queue_wait_seconds", 1000.0),
     "forward_ms": ("dfd_model_inference_seconds", 1000.0),
     "batch_size": ("dfd_batch_size", 1.0),
 }
-
-
-def _default(name: str) -> Any:
-    return Settings.model_fields[name].default
 
 
 def _int_list(text: str) -> list[int]:
@@ -69,7 +67,6 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    cpus = os.cpu_count() or 1
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark the service (python -m src.serve) against the raw model and a "
@@ -80,29 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=300, help="requests per level")
     parser.add_argument("--concurrency", type=_int_list, default=[1, 8, 32, 128])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    group = parser.add_argument_group("service settings (passed as DFD_* variables)")
-    group.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=_default("max_batch_size") or 4,
-        help="(CPU default 4)",
-    )
-    group.add_argument("--batch-timeout-ms", type=float, default=_default("batch_timeout_ms"))
-    group.add_argument("--max-queue-size", type=int, default=_default("max_queue_size"))
-    group.add_argument(
-        "--torch-threads", type=int, default=cpus, help="also used for the raw model and naive"
-    )
-    group.add_argument(
-        "--preprocess-workers", type=int, default=max(2, min(8, cpus)), help="service default"
-    )
-    group.add_argument("--device", default="cpu", help="cpu, cuda or auto (all three runs)")
-    group.add_argument(
-        "--server-env",
-        action="append",
-        default=[],
-        metavar="DFD_NAME=VALUE",
-        help="any other setting for the service (repeatable)",
-    )
+    add_service_arguments(parser)
     parser.add_argument(
         "--small-queue",
         type=int,
@@ -160,44 +135,12 @@ def measure_raw(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def service_env(args: argparse.Namespace, checkpoint: Path, port: int, queue: int) -> dict:
-    env = {
-        "DFD_ENV": "development",
-        "DFD_CHECKPOINT_PATH": str(checkpoint),
-        "DFD_API_KEYS": API_KEY,
-        "DFD_HOST": "127.0.0.1",
-        "DFD_PORT": str(port),
-        "DFD_WORKERS": "1",
-        "DFD_LOG_LEVEL": "WARNING",
-        "DFD_DEVICE": args.device,
-        "DFD_FACE_CROP": "off",
-        "DFD_MAX_BATCH_SIZE": str(args.max_batch_size),
-        "DFD_BATCH_TIMEOUT_MS": str(args.batch_timeout_ms),
-        "DFD_MAX_QUEUE_SIZE": str(queue),
-        "DFD_TORCH_THREADS": str(args.torch_threads),
-        "DFD_PREPROCESS_WORKERS": str(args.preprocess_workers),
-    }
-    for item in args.server_env:
-        name, _, value = item.partition("=")
-        if not name.startswith("DFD_"):
-            raise SystemExit(f"--server-env takes DFD_NAME=VALUE, not {item!r}")
-        env[name] = value
-    return env
-
-
 def service_process(
     args: argparse.Namespace, checkpoint: Path, name: str, queue: int, log_dir: Path
 ) -> ServerProcess:
     """The service under test (``--service-command``) on a free loopback port."""
     env = service_env(args, checkpoint, free_port(), queue)
     return ServerProcess(name, shlex.split(args.service_command), env, log_dir)
-
-
-def _clean_environ() -> None:
-    """Settings from the caller's shell must not leak into the servers."""
-    for name in list(os.environ):
-        if name.startswith(("DFD_", "BENCH_")) or name == "MODEL_API_KEY":
-            del os.environ[name]
 
 
 def _stage_summary(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -270,31 +213,6 @@ def run_levels(
     return levels
 
 
-class RssSampler:
-    """Samples a process's RSS every ``interval_s`` in a thread, keeping the peak."""
-
-    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
-        self.pid, self.interval_s = pid, interval_s
-        self.peak_mb = rss_mb(pid)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
-            except (OSError, RuntimeError):
-                return
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-
-
 def run_small_queue(
     args: argparse.Namespace, checkpoint: Path, payloads_for: Any, log_dir: Path
 ) -> dict[str, Any]:
@@ -357,21 +275,11 @@ def run_soak(server: ServerProcess, payloads: list[bytes], args: argparse.Namesp
     }
 
 
-def _stop_on_signals() -> None:
-    """SIGTERM and SIGINT (even when the shell ignored it) unwind, so every server is stopped."""
-
-    def stop(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _stop_on_signals()
+    stop_on_signals()
     command_line = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    _clean_environ()
+    clean_environ()
     checkpoint = args.checkpoint.resolve()
     metadata = read_checkpoint(checkpoint).metadata
     out: Path = args.out

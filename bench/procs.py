@@ -1,12 +1,17 @@
-"""Server subprocesses (the service and the naive baseline), probes, and /proc readings."""
+"""Server subprocesses (the service and the naive baseline), the service's settings as flags and
+``DFD_*`` variables, probes, and /proc readings. Nothing here imports torch (``bench.hostile``
+uses it as a light client)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,7 +21,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import LOOPBACK
+from src.core.settings import Settings
 
+API_KEY = "bench-key-0123456789"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVICE_HISTOGRAMS = (
@@ -187,3 +194,108 @@ def naive_command(port: int) -> list[str]:
         "warning",
         "--no-access-log",
     ]
+
+
+# The service under test: its settings as flags and as DFD_* variables.
+
+
+def setting_default(name: str) -> Any:
+    """The service's default for setting ``name``."""
+    return Settings.model_fields[name].default
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """The service's settings as flags (also used by ``python -m bench.hostile``)."""
+    cpus = os.cpu_count() or 1
+    group = parser.add_argument_group("service settings (passed as DFD_* variables)")
+    group.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=setting_default("max_batch_size") or 4,
+        help="(CPU default 4)",
+    )
+    group.add_argument(
+        "--batch-timeout-ms", type=float, default=setting_default("batch_timeout_ms")
+    )
+    group.add_argument("--max-queue-size", type=int, default=setting_default("max_queue_size"))
+    group.add_argument(
+        "--torch-threads", type=int, default=cpus, help="also used for the raw model and naive"
+    )
+    group.add_argument(
+        "--preprocess-workers", type=int, default=max(2, min(8, cpus)), help="service default"
+    )
+    group.add_argument("--device", default="cpu", help="cpu, cuda or auto (all three runs)")
+    group.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="DFD_NAME=VALUE",
+        help="any other setting for the service (repeatable)",
+    )
+
+
+def service_env(args: argparse.Namespace, checkpoint: Path, port: int, queue: int) -> dict:
+    env = {
+        "DFD_ENV": "development",
+        "DFD_CHECKPOINT_PATH": str(checkpoint),
+        "DFD_API_KEYS": API_KEY,
+        "DFD_HOST": "127.0.0.1",
+        "DFD_PORT": str(port),
+        "DFD_WORKERS": "1",
+        "DFD_LOG_LEVEL": "WARNING",
+        "DFD_DEVICE": args.device,
+        "DFD_FACE_CROP": "off",
+        "DFD_MAX_BATCH_SIZE": str(args.max_batch_size),
+        "DFD_BATCH_TIMEOUT_MS": str(args.batch_timeout_ms),
+        "DFD_MAX_QUEUE_SIZE": str(queue),
+        "DFD_TORCH_THREADS": str(args.torch_threads),
+        "DFD_PREPROCESS_WORKERS": str(args.preprocess_workers),
+    }
+    for item in args.server_env:
+        name, _, value = item.partition("=")
+        if not name.startswith("DFD_"):
+            raise SystemExit(f"--server-env takes DFD_NAME=VALUE, not {item!r}")
+        env[name] = value
+    return env
+
+
+def clean_environ() -> None:
+    """Settings from the caller's shell must not leak into the servers."""
+    for name in list(os.environ):
+        if name.startswith(("DFD_", "BENCH_")) or name == "MODEL_API_KEY":
+            del os.environ[name]
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT (even when the shell ignored it) unwind, so every server is stopped."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+class RssSampler:
+    """Samples a process's RSS every ``interval_s`` in a thread, keeping the peak."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self.pid, self.interval_s = pid, interval_s
+        self.peak_mb = rss_mb(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
+            except (OSError, RuntimeError):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)

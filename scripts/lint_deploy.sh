@@ -48,7 +48,7 @@ if command -v kubectl >/dev/null 2>&1; then
         echo "$overlay: ok"
     done
 else
-    echo "kubectl missing: validating the base files unrendered (tests/test_deploy.py renders both)"
+    echo "kubectl missing: validating the base files unrendered (tests/deploy/test_deploy.py renders both)"
     find deploy/k8s/base -name '*.yaml' ! -name kustomization.yaml -print0 \
         | xargs -0 kubernetes-validate --quiet --strict
 fi

@@ -101,6 +101,12 @@ class NoFaceDetectedError(InvalidImageError):
     code = "no_face_detected"
 
 
+class UploadTimeoutError(InputError):
+    """The upload did not arrive within the body-read deadline."""
+
+    code = "request_timeout"
+
+
 class ClientDisconnectedError(DeepfakeError):
     """The client went away before its answer was ready."""
 
@@ -113,15 +119,15 @@ class ServiceUnavailableError(DeepfakeError):
 
     code = "not_ready"
 
-
-class OverloadedError(ServiceUnavailableError):
-    """The inference queue is full; retry later."""
-
-    code = "overloaded"
-
     def __init__(self, message: str | None = None, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class OverloadedError(ServiceUnavailableError):
+    """The service is full; retry later."""
+
+    code = "overloaded"
 
 
 class InferenceTimeoutError(DeepfakeError):

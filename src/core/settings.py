@@ -5,12 +5,21 @@ Values come from ``DFD_*`` environment variables and a ``.env`` file (see ``.env
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from src.core.device import DEVICE_PATTERN, available_cpus, resolve_device
 
@@ -18,12 +27,61 @@ DEFAULT_DEV_API_KEY = "demo-key"
 MIN_PRODUCTION_KEY_LENGTH = 16
 DEFAULT_CHECKPOINT = Path("checkpoints/demo/model.pt")
 KNOWN_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
+# The placeholders in deploy/k8s/base/secret.example.yaml (a test keeps the two in step): the
+# example applied as it is must not start a production service. Any key containing
+# "REPLACE-ME" (any case, any separators) is refused too.
+PLACEHOLDER_API_KEYS = frozenset({"REPLACE-ME-example-key-1", "REPLACE-ME-example-key-2"})
+_PLACEHOLDER_MARK = "replaceme"
+ENV_VARIABLE = "DFD_ENV"
+# A Host header pattern: a name or address without a port, "*" alone, or "*.domain".
+_HOST_PATTERN = re.compile(r"\*|(\*\.)?[a-z0-9_.-]+|\[[0-9a-f:.]+\]")
 
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+def is_placeholder_key(key: str) -> bool:
+    """A key copied from an example rather than generated."""
+    letters = re.sub(r"[^a-z]", "", key.lower())
+    return key in PLACEHOLDER_API_KEYS or _PLACEHOLDER_MARK in letters
+
+
+class _EmptyDeploymentEnv(PydanticBaseSettingsSource):
+    """Keeps an empty ``DFD_ENV`` so that it can be refused.
+
+    ``env_ignore_empty`` drops empty variables so that their defaults apply, which for
+    ``DFD_ENV`` would silently mean development. This source reads the environment, then the
+    ``.env`` file, without dropping empty values, and passes an empty ``DFD_ENV`` on to the
+    ``env`` validator.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._sources: list[EnvSettingsSource] = [
+            EnvSettingsSource(settings_cls, env_ignore_empty=False)
+        ]
+        if isinstance(dotenv, DotEnvSettingsSource):
+            self._sources.append(
+                DotEnvSettingsSource(
+                    settings_cls,
+                    env_file=dotenv.env_file,
+                    env_file_encoding=dotenv.env_file_encoding,
+                    env_ignore_empty=False,
+                )
+            )
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        for source in self._sources:  # the environment wins over .env, as for every setting
+            value = source.env_vars.get(ENV_VARIABLE.lower())
+            if value is not None:
+                return {"env": value} if not value.strip() else {}
+        return {}
 
 
 class Settings(BaseSettings):
@@ -35,6 +93,18 @@ class Settings(BaseSettings):
         extra="ignore",
         protected_namespaces=(),
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        empty_env = _EmptyDeploymentEnv(settings_cls, dotenv_settings)
+        return init_settings, empty_env, env_settings, dotenv_settings, file_secret_settings
 
     # Deployment
     env: Literal["development", "production"] = "development"
@@ -63,19 +133,29 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_image_side: int = Field(default=12_000, ge=16)
     min_image_side: int = Field(default=16, ge=1)
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    max_concurrent_uploads: int = Field(default=64, ge=1)
+    min_upload_bytes_per_s: float = Field(default=8192, ge=0)
+    decode_budget_pixels: int | None = Field(default=None, ge=1)
 
     # Batching and backpressure
     max_batch_size: int | None = Field(default=None, ge=1, le=1024)
     batch_timeout_ms: float = Field(default=5.0, ge=0.0, le=10_000)
     max_queue_size: int = Field(default=64, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    retry_after_s: int = Field(default=1, ge=1, le=3600)
     preprocess_workers: int | None = Field(default=None, ge=1, le=256)
 
     # Server
     host: str = "127.0.0.1"
+    # Host header values answered (others get 400): "*" = any, "*.example.com" = its subdomains.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     drain_timeout_s: float = Field(default=20.0, ge=0)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    keepalive_timeout_s: int = Field(default=5, ge=1, le=3600)
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
 
@@ -83,10 +163,36 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("api_keys", "allowed_formats", mode="before")
+    @field_validator("api_keys", "allowed_formats", "allowed_hosts", mode="before")
     @classmethod
     def _parse_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_is_named(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError(
+                    f"{ENV_VARIABLE} is set but empty: set {ENV_VARIABLE}=production (or "
+                    f"{ENV_VARIABLE}=development), or remove it to run in development"
+                )
+            return value.strip().lower()
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, hosts: list[str]) -> list[str]:
+        hosts = [host.lower() for host in hosts]
+        if not hosts:
+            raise ValueError("allowed_hosts must not be empty (use * for any host)")
+        bad = [host for host in hosts if not _HOST_PATTERN.fullmatch(host)]
+        if bad:
+            raise ValueError(
+                f"allowed_hosts {bad} are not host patterns: give names or addresses without a "
+                "port, * for any host, or *.example.com for its subdomains"
+            )
+        return hosts
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -119,7 +225,13 @@ class Settings(BaseSettings):
         if self.env == "production":
             if not self.api_keys:
                 raise ValueError("production needs DFD_API_KEYS (or MODEL_API_KEY)")
-            for key in self.api_keys:
+            for index, key in enumerate(self.api_keys):
+                if is_placeholder_key(key):
+                    raise ValueError(
+                        f"API key #{index + 1} is a placeholder (REPLACE-ME, as in "
+                        "deploy/k8s/base/secret.example.yaml), refused in production: set "
+                        "DFD_API_KEYS to generated keys, e.g. $(openssl rand -hex 32)"
+                    )
                 if key == DEFAULT_DEV_API_KEY:
                     raise ValueError("the development key 'demo-key' is refused in production")
                 if len(key) < MIN_PRODUCTION_KEY_LENGTH:
@@ -152,6 +264,12 @@ class Settings(BaseSettings):
         if self.max_batch_size is not None:
             return self.max_batch_size
         return 32 if self.torch_device.startswith("cuda") else 4
+
+    @property
+    def effective_decode_budget_pixels(self) -> int:
+        """1.25 x the largest image allowed, unless set: one maximal image decodes at a time,
+        with room beside it for ordinary ones."""
+        return self.decode_budget_pixels or self.max_image_pixels + self.max_image_pixels // 4
 
     @property
     def effective_torch_threads(self) -> int:

@@ -66,7 +66,9 @@ class Admission:
     def admit(self, units: int = 1, *, arrived_at: float | None = None) -> Iterator[None]:
         """Hold ``units`` places for the block, or refuse at once when they are not free."""
         if not self.accepts(arrived_at):
-            raise ServiceUnavailableError("the service is not accepting requests")
+            raise ServiceUnavailableError(
+                "the service is not accepting requests", retry_after_s=self.retry_after_s
+            )
         if units > self.capacity:
             raise TooMuchWorkError(
                 f"the request holds {units} images; the service admits at most "
@@ -74,9 +76,9 @@ class Admission:
             )
         if self._pending + units > self.capacity:
             self._events.rejected("queue_full")
+            logger.info("admission full: %d of %d images pending", self._pending, self.capacity)
             raise OverloadedError(
-                f"{self._pending} images are already pending; retry later",
-                retry_after_s=self.retry_after_s,
+                "the service is at capacity; retry later", retry_after_s=self.retry_after_s
             )
         self._pending += units
         self._idle.clear()

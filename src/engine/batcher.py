@@ -101,13 +101,14 @@ class Batcher(Generic[In, Out]):
         self,
         item: In,
         *,
-        timeout_s: float,
+        timeout_s: float | None = None,
         disconnected: asyncio.Future[Any] | None = None,
     ) -> Batched[Out]:
-        """Queue ``item`` and wait for its result, at most ``timeout_s``.
+        """Queue ``item`` and wait for its result.
 
-        Raises ``InferenceTimeoutError`` after the timeout and ``ClientDisconnectedError`` when
-        ``disconnected`` completes first; either way the item is skipped if not yet run.
+        Raises ``InferenceTimeoutError`` after ``timeout_s`` and ``ClientDisconnectedError`` when
+        ``disconnected`` completes first. However the wait ends early (those, or the caller being
+        cancelled), the item is skipped if it has not run yet.
         """
         if self._task is None:
             raise ServiceUnavailableError("the batcher is not running")
@@ -117,12 +118,15 @@ class Batcher(Generic[In, Out]):
         waiters: set[asyncio.Future[Any]] = {future}
         if disconnected is not None:
             waiters.add(disconnected)
-        done, _ = await asyncio.wait(
-            waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
+        try:
+            done, _ = await asyncio.wait(
+                waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not future.done():
+                future.cancel()  # the loop skips cancelled jobs
         if future in done:
             return future.result()
-        future.cancel()  # the loop skips cancelled jobs
         if disconnected is not None and disconnected in done:
             raise ClientDisconnectedError()
         self._events.rejected("timeout")

@@ -1,17 +1,20 @@
 """The inference service: admission, preprocessing threads and a batcher, composed.
 
-A request flows: ``admit(units)`` (bounded; refused at once when full) -> decode and crop on a
-preprocessing thread (:class:`FramePreparer`) -> the model's :class:`Batcher` -> one forward pass
-on the :class:`ModelRunner`'s thread -> each caller gets its own :class:`Prediction`.
+A request flows: ``admit(units)`` (bounded; refused at once when full) -> room in the decode
+:class:`PixelBudget` -> decode and crop on a preprocessing thread (:class:`FramePreparer`) -> the
+model's :class:`Batcher` -> one forward pass on the :class:`ModelRunner`'s thread -> each caller
+gets its own :class:`Prediction`. All of it runs under the request's deadline and stops when the
+client goes: work not yet started is dropped, never done for nobody.
 The service knows nothing of HTTP; errors say what happened (``src.core.errors``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -19,13 +22,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from src.core.errors import ClientDisconnectedError, DeepfakeError, InferenceTimeoutError
 from src.core.labels import Label, decide
 from src.engine.admission import Admission
 from src.engine.batcher import Batcher, BatchPolicy
+from src.engine.budget import PixelBudget
 from src.engine.events import EngineEvents, NullEvents
 from src.engine.executors import ModelRunner, run_in
 from src.engine.preprocess import FaceCropper, FramePreparer
-from src.media.images import ImageLimits
+from src.media.images import ImageLimits, declared_pixels
 from src.models.backends.base import Backend, BackendInfo, FrameScore
 from src.models.checkpoint import ModelMetadata
 
@@ -41,6 +46,7 @@ class EngineConfig:
     request_timeout_s: float = 30.0
     preprocess_workers: int = 2
     retry_after_s: int = 1
+    decode_budget_pixels: int = 50_000_000
 
 
 @dataclass
@@ -64,8 +70,10 @@ class InferenceService:
         threshold: float | None = None,
         face_cropper: FaceCropper | None = None,
         runner: ModelRunner | None = None,
+        release_memory: Callable[[], None] | None = None,
     ) -> None:
-        """``runner``: the model thread the backend was loaded on, if any (else a new one)."""
+        """``runner``: the model thread the backend was loaded on, if any (else a new one).
+        ``release_memory``: returns freed heap to the system; run after large decodes."""
         self.backend = backend
         self.config = config
         self.events: EngineEvents = events or NullEvents()
@@ -75,8 +83,14 @@ class InferenceService:
         self.runner = runner or ModelRunner()
         self._preprocess_pool: ThreadPoolExecutor | None = None
         self._preprocessing = 0
+        self._release_memory = release_memory
+        self.decode_budget = PixelBudget(
+            config.decode_budget_pixels,
+            retry_after_s=config.retry_after_s,
+            on_large_release=self._schedule_memory_release,
+        )
         self.batcher: Batcher[np.ndarray, FrameScore] = Batcher(
-            self._score,
+            self._score_batch,
             self.runner,
             BatchPolicy(config.max_batch_size, config.batch_timeout_s),
             self.events,
@@ -143,34 +157,88 @@ class InferenceService:
 
     # ----------------------------------------------------------------- requests
     async def predict_bytes(
-        self, data: bytes, disconnected: asyncio.Future[Any] | None = None
+        self,
+        data: bytes,
+        *,
+        deadline: float | None = None,
+        disconnected: asyncio.Future[Any] | None = None,
     ) -> Prediction:
-        """Decode, validate and score one uploaded image. Call inside ``admit()``."""
-        return await self._predict(self.preparer.from_bytes, data, disconnected)
+        """Decode, validate and score one uploaded image. Call inside ``admit()``.
+
+        ``deadline`` (``time.perf_counter()``; default: ``request_timeout_s`` from now) bounds
+        everything: waiting for decode room, decoding, the queue and the forward pass.
+        """
+        deadline = self._deadline(deadline)
+        pixels = declared_pixels(data)
+
+        async def decode_and_score() -> Prediction:
+            async with self.decode_budget.hold(pixels):
+                crop, preprocess_s = await self._prepare(self.preparer.from_bytes, data, deadline)
+            return await self._score(crop, preprocess_s)
+
+        return await self._guarded(decode_and_score(), deadline, disconnected)
 
     async def predict_array(
-        self, rgb: np.ndarray, disconnected: asyncio.Future[Any] | None = None
+        self,
+        rgb: np.ndarray,
+        *,
+        deadline: float | None = None,
+        disconnected: asyncio.Future[Any] | None = None,
     ) -> Prediction:
         """Score one already-decoded RGB uint8 frame. Call inside ``admit()``."""
-        return await self._predict(self.preparer.from_array, rgb, disconnected)
+        deadline = self._deadline(deadline)
 
-    async def _predict(
+        async def score() -> Prediction:
+            crop, preprocess_s = await self._prepare(self.preparer.from_array, rgb, deadline)
+            return await self._score(crop, preprocess_s)
+
+        return await self._guarded(score(), deadline, disconnected)
+
+    def _deadline(self, deadline: float | None) -> float:
+        return time.perf_counter() + self.config.request_timeout_s if deadline is None else deadline
+
+    async def _guarded(
         self,
-        prepare: Callable[[Any], np.ndarray],
-        payload: Any,
+        work: Coroutine[Any, Any, Prediction],
+        deadline: float,
         disconnected: asyncio.Future[Any] | None,
     ) -> Prediction:
+        """Run ``work`` until it finishes, the deadline passes (504) or the client goes (499);
+        cancelling it drops every step not yet started (queued decode jobs, queued crops)."""
+        task = asyncio.ensure_future(work)
+        waiters: set[asyncio.Future[Any]] = {task}
+        if disconnected is not None:
+            waiters.add(disconnected)
+        done, _ = await asyncio.wait(
+            waiters,
+            timeout=max(0.0, deadline - time.perf_counter()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, DeepfakeError):
+            await task
+        if disconnected is not None and disconnected in done:
+            raise ClientDisconnectedError()
+        self.events.rejected("timeout")
+        raise InferenceTimeoutError("the request's deadline passed before its answer was ready")
+
+    async def _prepare(
+        self, prepare: Callable[[Any], np.ndarray], payload: Any, deadline: float
+    ) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
         self._preprocessing += 1
         try:
-            crop = await run_in(self._preprocess_pool, prepare, payload)
+            crop = await run_in(self._preprocess_pool, _before(deadline, prepare), payload)
         finally:
             self._preprocessing -= 1
         preprocess_s = time.perf_counter() - started
         self.events.preprocessed(preprocess_s)
-        result = await self.batcher.submit(
-            crop, timeout_s=self.config.request_timeout_s, disconnected=disconnected
-        )
+        return crop, preprocess_s
+
+    async def _score(self, crop: np.ndarray, preprocess_s: float) -> Prediction:
+        result = await self.batcher.submit(crop)
         fake_prob = result.value.fake_prob
         return Prediction(
             fake_prob=fake_prob,
@@ -181,5 +249,20 @@ class InferenceService:
             inference_ms=result.compute_s * 1000,
         )
 
-    def _score(self, crops: list[np.ndarray]) -> Sequence[FrameScore]:
+    def _score_batch(self, crops: list[np.ndarray]) -> Sequence[FrameScore]:
         return self.backend.score(crops)
+
+    def _schedule_memory_release(self) -> None:
+        if self._release_memory is not None and self._preprocess_pool is not None:
+            self._preprocess_pool.submit(self._release_memory)
+
+
+def _before(deadline: float, fn: Callable[[Any], T]) -> Callable[[Any], T]:
+    """``fn``, refusing to start once ``deadline`` has passed (a job queued for a thread)."""
+
+    def guarded(payload: Any) -> T:
+        if time.perf_counter() >= deadline:
+            raise InferenceTimeoutError("the request's deadline passed before it was decoded")
+        return fn(payload)
+
+    return guarded

@@ -23,6 +23,9 @@ from src.core.errors import (
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+# Formats Pillow names apart that are accepted as another: a camera's multi-picture JPEG (MPO:
+# the photo plus a preview or second view) is a JPEG whose first picture is the photo.
+_FORMAT_FAMILY = {"MPO": "JPEG"}
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,14 @@ def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
 
 
 def _to_rgb_array(image: Image.Image, limits: ImageLimits) -> np.ndarray:
-    if image.format not in limits.allowed_formats:
+    fmt = _FORMAT_FAMILY.get(image.format or "", image.format)
+    if fmt not in limits.allowed_formats:
         allowed = ", ".join(sorted(limits.allowed_formats))
         raise UnsupportedMediaTypeError(
             f"{image.format} images are not accepted; allowed: {allowed}"
         )
+    # Multi-picture files (MPO, GIF, TIFF) open on their first picture: only it is checked,
+    # decoded and scored.
     width, height = image.size
     if width * height > limits.max_pixels or max(width, height) > limits.max_side:
         raise ImageDimensionsError(
@@ -99,3 +105,16 @@ def _as_rgb(image: Image.Image) -> np.ndarray:
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8).copy()
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height as the image's header declares it, read without decoding the pixels;
+    0 when the header cannot be read (decoding will then say why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Exception:  # any unreadable header: decode_image reports it properly
+        return 0
+    return width * height

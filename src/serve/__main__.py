@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 from typing import Any
@@ -13,6 +14,7 @@ from uvicorn.supervisors import Multiprocess
 from src.core.errors import ConfigurationError
 from src.core.settings import Settings, load_settings
 from src.serve.memory import tune_allocator
+from src.serve.protocol import LimitedHttpToolsProtocol
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +36,14 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         "access_log": False,  # the request middleware writes the access line
         "timeout_graceful_shutdown": settings.drain_timeout_s,
         "server_header": False,
+        # httptools (the fast parser) with a cap on the request head and a deadline for it; a
+        # partial of a module-level class pickles, so it also reaches the workers of workers > 1.
+        "http": functools.partial(
+            LimitedHttpToolsProtocol,
+            max_head_bytes=settings.max_header_bytes,
+            head_timeout_s=settings.header_timeout_s,
+        ),
+        "timeout_keep_alive": settings.keepalive_timeout_s,
     }
     if settings.ssl_certfile and settings.ssl_keyfile:
         options["ssl_certfile"] = str(settings.ssl_certfile)

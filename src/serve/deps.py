@@ -17,6 +17,7 @@ from fastapi.security import APIKeyHeader
 from src.core.errors import AuthenticationError, ServiceUnavailableError
 from src.core.settings import Settings
 from src.engine.service import InferenceService
+from src.serve.uploads import UploadGate
 
 KEY_ID_HEX_CHARS = 16
 ALL_SCOPES = frozenset({"infer"})
@@ -71,7 +72,10 @@ def ready_service(request: Request, arrived_at: float | None = None) -> Inferenc
     """
     service: InferenceService | None = getattr(request.app.state, "service", None)
     if service is None or not service.accepts(arrived_at):
-        raise ServiceUnavailableError("the model is not loaded yet, or the service is draining")
+        raise ServiceUnavailableError(
+            "the model is not loaded yet, or the service is draining",
+            retry_after_s=request.app.state.settings.retry_after_s,
+        )
     return service
 
 
@@ -94,6 +98,12 @@ async def get_caller(
     return caller
 
 
+async def get_upload_gate(request: Request) -> UploadGate:
+    gate: UploadGate = request.app.state.upload_gate
+    return gate
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+UploadGateDep = Annotated[UploadGate, Depends(get_upload_gate)]
 ServiceDep = Annotated[InferenceService, Depends(get_service)]
 CallerDep = Annotated[Caller, Depends(get_caller)]

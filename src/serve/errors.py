@@ -30,6 +30,7 @@ HTTP_STATUS: dict[type[errors.DeepfakeError], int] = {
     errors.InputError: 400,
     errors.PayloadTooLargeError: 413,
     errors.TooMuchWorkError: 413,
+    errors.UploadTimeoutError: 408,
     errors.UnsupportedMediaTypeError: 415,
     errors.InvalidImageError: 422,
     errors.ClientDisconnectedError: CLIENT_CLOSED_REQUEST,
@@ -70,7 +71,18 @@ async def handle_service_error(request: Request, exc: Exception) -> Response:
         logger.warning("request failed: %s (%s)", exc.code, exc.message)
     else:  # client errors and load shedding are expected; INFO keeps overload cheap
         logger.info("request refused: %s (%s)", exc.code, exc.message)
-    return _error_response(status, exc.code, exc.message, http_headers(exc))
+    headers = http_headers(exc)
+    if not _body_complete(request):
+        # Answered before the whole body arrived: close, or the rest of it (perhaps trickling)
+        # would be read as the next request with nothing left to time it.
+        headers["Connection"] = "close"
+    return _error_response(status, exc.code, exc.message, headers)
+
+
+def _body_complete(request: Request) -> bool:
+    if request.method in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        return True
+    return bool(getattr(request.state, "body_complete", False))
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:

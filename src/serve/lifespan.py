@@ -6,6 +6,7 @@ engine itself reads no settings.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -24,10 +25,13 @@ from src.engine.service import EngineConfig, InferenceService
 from src.media.images import ImageLimits
 from src.models.backends import load_backend
 from src.models.checkpoint import ModelMetadata
+from src.serve.memory import release_free_memory
 from src.serve.metrics import Metrics
+from src.serve.uploads import UploadGate
 
 logger = logging.getLogger(__name__)
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+UPLOAD_DRAIN_MARGIN_S = 1.0
 
 
 def build_face_cropper(settings: Settings, metadata: ModelMetadata) -> FaceCropper | None:
@@ -63,6 +67,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_pending=settings.max_queue_size,
         request_timeout_s=settings.request_timeout_s,
         preprocess_workers=settings.effective_preprocess_workers,
+        retry_after_s=settings.retry_after_s,
+        decode_budget_pixels=settings.effective_decode_budget_pixels,
     )
 
 
@@ -113,6 +119,7 @@ async def start_service(settings: Settings, metrics: Metrics) -> InferenceServic
         threshold=settings.decision_threshold,
         face_cropper=build_face_cropper(settings, backend.metadata),
         runner=runner,
+        release_memory=release_free_memory,
     )
     await service.start()
     info = backend.describe()
@@ -127,7 +134,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     service = await start_service(settings, app.state.metrics)
     app.state.service = service
-    restore_signals = chain_drain_on_signals(service.begin_drain)
+    uploads: UploadGate = app.state.upload_gate
+    loop = asyncio.get_running_loop()
+    # Uploads still trickling in near the end of the drain end as 503 before the server's
+    # graceful-shutdown timeout would cut them off.
+    upload_grace_s = max(0.0, settings.drain_timeout_s - UPLOAD_DRAIN_MARGIN_S)
+
+    def on_drain() -> None:
+        service.begin_drain()
+        loop.call_soon_threadsafe(uploads.close_after, upload_grace_s)
+
+    restore_signals = chain_drain_on_signals(on_drain)
     try:
         yield
     finally:

@@ -277,6 +277,46 @@ def test_selectors_connect_service_pdb_hpa_ingress(rendered: tuple[str, list[Man
     assert ingress["tls"][0]["hosts"] == [ingress["rules"][0]["host"]]
 
 
+def _prefix_matches(prefix: str, path: str) -> bool:
+    """Kubernetes ``pathType: Prefix``: element-wise, so /infer matches /infer/x, not /inferx."""
+    want = [part for part in prefix.split("/") if part]
+    have = [part for part in path.split("/") if part]
+    return have[: len(want)] == want
+
+
+def test_ingress_exposes_only_the_api(rendered: tuple[str, list[Manifest]]) -> None:
+    _, docs = rendered
+    paths = [
+        path for rule in one(docs, "Ingress")["spec"]["rules"] for path in rule["http"]["paths"]
+    ]
+    assert paths
+    for path in paths:
+        assert path["pathType"] in {"Prefix", "Exact"}, path
+    prefixes = [p["path"] for p in paths if p["pathType"] == "Prefix"]
+    exact = {p["path"] for p in paths if p["pathType"] == "Exact"}
+
+    def exposed(url: str) -> bool:
+        return url in exact or any(_prefix_matches(prefix, url) for prefix in prefixes)
+
+    assert exposed("/infer") and exposed("/infer/batch")
+    for internal in (
+        "/",
+        "/docs",
+        "/docs/assets/swagger-ui.css",
+        "/redoc",
+        "/openapi.json",
+        "/metrics",
+        "/health",
+        "/ready",
+        "/inferx",
+    ):
+        assert not exposed(internal), f"{internal} is reachable through the Ingress"
+    # what is not exposed is still scraped: Prometheus finds the pods by their annotations
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
 def test_settings_come_from_configmap_and_secret(rendered: tuple[str, list[Manifest]]) -> None:
     _, docs = rendered
     data = config_data(docs)
@@ -353,6 +393,32 @@ def test_compose_services_and_profiles(compose: Manifest) -> None:
 
     assert services["prometheus"]["profiles"] == ["monitoring"]
     assert services["grafana"]["profiles"] == ["monitoring"]
+
+
+def test_compose_can_run_a_prebuilt_image_offline(compose: Manifest) -> None:
+    api = compose["services"]["api"]
+    assert "build" in api, "building stays the default route"
+    assert api["image"].startswith("${DFD_IMAGE:-"), "no variable names a prebuilt image"
+    assert api["pull_policy"] in {"missing", "if_not_present", "never"}
+    guide = (ROOT / "DEPLOYMENT.md").read_text()
+    assert "DFD_IMAGE=" in guide and "--no-build" in guide and "docker load" in guide
+
+
+def test_every_documented_stop_waits_for_the_drain(compose: Manifest) -> None:
+    """Plain ``docker stop``/``podman stop`` wait 10 s unless the container was started with a
+    stop timeout; the image cannot carry one, so each documented start or stop must."""
+    grace = int(str(compose["services"]["api"]["stop_grace_period"]).rstrip("s"))
+    texts = {name: (ROOT / name).read_text() for name in ("DEPLOYMENT.md", "Dockerfile")}
+    timeouts = [
+        int(value)
+        for text in texts.values()
+        for value in re.findall(r"(?:--stop-timeout[ =]|stop -t )(\d+)", text)
+    ]
+    assert timeouts and all(value >= grace > DEFAULT_DRAIN_TIMEOUT_S for value in timeouts)
+    code_blocks = texts["DEPLOYMENT.md"].split("```")[1::2]
+    run_examples = [block for block in code_blocks if "docker run --rm" in block]
+    assert run_examples and all("--stop-timeout" in block for block in run_examples)
+    assert f"--podman-run-args=--stop-timeout={grace}" in texts["DEPLOYMENT.md"]
 
 
 def test_prometheus_scrapes_the_api() -> None:

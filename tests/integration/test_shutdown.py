@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,15 +12,9 @@ import pytest
 import torch
 
 from src.models import ModelMetadata, build_model, save_checkpoint
-from tests.helpers import REPO_ROOT as ROOT
 from tests.helpers.api import TEST_KEY
 from tests.helpers.images import image_bytes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.helpers.server import free_port, start_server, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -34,42 +24,6 @@ def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_model("efficientnet_lite0")
     meta = ModelMetadata(architecture="efficientnet_lite0", input_size=224, version="drain-test")
     return save_checkpoint(tmp_path_factory.mktemp("slow") / "model.pt", model.state_dict(), meta)
-
-
-def start_server(checkpoint: Path, port: int) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DFD_")}
-    env.update(
-        DFD_CHECKPOINT_PATH=str(checkpoint),
-        DFD_API_KEYS=TEST_KEY,
-        DFD_MAX_BATCH_SIZE="1",
-        DFD_TORCH_THREADS="1",
-        DFD_DRAIN_TIMEOUT_S="30",
-        DFD_LOG_FORMAT="json",
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "src.serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def wait_ready(base: str, process: subprocess.Popen[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"server exited early:\n{process.stdout.read() if process.stdout else ''}"
-            )
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server never became ready")
 
 
 def infer_counts(base: str) -> tuple[float, float]:
@@ -97,7 +51,7 @@ def wait_until_all_connected(base: str, expected: int, timeout: float = 30) -> N
 def test_sigterm_drains_requests_in_flight_and_exits_zero(slow_checkpoint: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process = start_server(slow_checkpoint, port)
+    process = start_server(slow_checkpoint, port, DFD_MAX_BATCH_SIZE="1", DFD_DRAIN_TIMEOUT_S="30")
     try:
         wait_ready(base, process)
         frame = image_bytes("JPEG", size=(640, 480))

@@ -7,10 +7,10 @@ import time
 from fastapi import APIRouter, Request
 
 from src.engine.service import Prediction
-from src.serve.deps import CallerDep, ServiceDep, SettingsDep
+from src.serve.deps import CallerDep, ServiceDep, SettingsDep, UploadGateDep
 from src.serve.routes.openapi import IMAGE_UPLOAD_BODY, error_responses
 from src.serve.schemas import InferenceResponse, Timings
-from src.serve.uploads import read_upload, watch_disconnect
+from src.serve.uploads import watch_disconnect
 
 router = APIRouter(tags=["inference"])
 
@@ -18,22 +18,33 @@ router = APIRouter(tags=["inference"])
 @router.post(
     "/infer",
     response_model=InferenceResponse,
-    responses=error_responses(400, 401, 413, 415, 422, 503, 504),
+    responses=error_responses(400, 401, 408, 413, 415, 422, 503, 504),
     openapi_extra=IMAGE_UPLOAD_BODY,
 )
 async def infer(
-    request: Request, caller: CallerDep, service: ServiceDep, settings: SettingsDep
+    request: Request,
+    caller: CallerDep,
+    service: ServiceDep,
+    settings: SettingsDep,
+    uploads: UploadGateDep,
 ) -> InferenceResponse:
     """Score one frame: is it real or fake?
 
     Send the image as multipart field `file` (or as a raw `image/*` body) with `X-API-Key`.
     """
-    with service.admit(1, arrived_at=request.state.arrived_at):
-        data = await read_upload(request, settings.max_upload_bytes)
+    arrived_at: float = request.state.arrived_at
+    deadline = arrived_at + settings.request_timeout_s
+    async with uploads.hold() as upload:
+        data = await uploads.receive(
+            upload, request, settings.max_upload_bytes, request_deadline=deadline
+        )
+    with service.admit(1, arrived_at=arrived_at):
         started = time.perf_counter()
         disconnected = watch_disconnect(request)
         try:
-            prediction = await service.predict_bytes(data, disconnected)
+            prediction = await service.predict_bytes(
+                data, deadline=deadline, disconnected=disconnected
+            )
         finally:
             disconnected.cancel()
     request.app.state.metrics.prediction_made(prediction.label, prediction.fake_prob)

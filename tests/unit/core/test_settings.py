@@ -16,13 +16,6 @@ from tests.helpers import REPO_ROOT
 STRONG = "s3cure-production-key-0001"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("DFD_") or name == "MODEL_API_KEY":
-            monkeypatch.delenv(name)
-
-
 def make(checkpoint: Path, **kw: object) -> Settings:
     return load_settings(checkpoint_path=checkpoint, _env_file=None, **kw)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 
@@ -249,5 +250,6 @@ def test_uvicorn_runs_on_uvloop_and_httptools(settings: Settings) -> None:
 
     config = uvicorn_config(settings)
     config.load()
-    assert config.http_protocol_class is HttpToolsProtocol
+    http = config.http_protocol_class
+    assert isinstance(http, functools.partial) and issubclass(http.func, HttpToolsProtocol)
     assert config.get_loop_factory().__module__.startswith("uvloop")

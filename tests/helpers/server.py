@@ -1,0 +1,70 @@
+"""A real ``python -m src.serve`` process on a free loopback port, for the integration tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import REPO_ROOT
+from tests.helpers.api import TEST_KEY
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(checkpoint: Path, port: int, **settings: str) -> subprocess.Popen[str]:
+    """Start the server with a clean ``DFD_*`` environment plus ``settings`` (``DFD_X="1"``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFD_")}
+    env.update(
+        DFD_CHECKPOINT_PATH=str(checkpoint),
+        DFD_API_KEYS=TEST_KEY,
+        DFD_TORCH_THREADS="1",
+        DFD_LOG_FORMAT="json",
+    )
+    env.update(settings)
+    return subprocess.Popen(
+        [sys.executable, "-m", "src.serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_ready(base: str, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"server exited early:\n{process.stdout.read() if process.stdout else ''}"
+            )
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server never became ready")
+
+
+def stop_server(process: subprocess.Popen[str], timeout: float = 20) -> None:
+    """SIGTERM (so the server exits as in production and writes its coverage data), then kill
+    if it has not exited within ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
