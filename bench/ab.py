@@ -19,17 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import (
-    API_KEY,
-    _clean_environ,
-    drive,
-    parse_args,
-    service_env,
-    warm_up,
-)
+from bench.__main__ import drive, parse_args, warm_up
 from bench.frames import load_frames
 from bench.loadgen import build_payloads
-from bench.procs import REPO_ROOT, ServerProcess, free_port, running
+from bench.procs import (
+    API_KEY,
+    REPO_ROOT,
+    ServerProcess,
+    clean_environ,
+    free_port,
+    running,
+    service_env,
+)
 from bench.report import write_json
 
 METRICS = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_ms_per_ok", "batch_mean", "forward_ms")
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median over them)")
     known, rest = own.parse_known_args(argv)
     args = parse_args(["--concurrency", "1,32", "--out", "bench/results/ab", *rest])
-    _clean_environ()
+    clean_environ()
     checkpoint = args.checkpoint.resolve()
     frames = load_frames(REPO_ROOT / "examples", count=args.frames)
     args.out.mkdir(parents=True, exist_ok=True)

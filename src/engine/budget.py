@@ -1,17 +1,19 @@
 """A budget of pixels being decoded at once, across all requests.
 
-An image's header declares its size before any pixel is decoded; a small file can declare tens
-of megapixels and cost hundreds of megabytes to decode. Each decode holds its declared pixels
-from this budget, so a burst of such files decodes one or two at a time, within a memory bound,
-while ordinary images (a fraction of the budget) keep passing beside them. At most
-``max_waiting`` pixels may wait for room; beyond that a large image is refused at once, so a burst
-cannot hold every admission place of the service while it waits.
+An image's header declares its size before any pixel is decoded; a file of a few bytes can
+declare tens of megapixels and cost hundreds of megabytes to decode. Each decode holds its
+declared pixels from this budget until the decoding thread is really done with it (not merely
+until its request gave up), so a burst of such files decodes one or two at a time, within a
+memory bound, while ordinary images (a fraction of the budget) keep passing beside them. At most
+``max_waiting`` pixels may wait for room; beyond that a large image is refused at once, so a
+burst cannot hold every admission place of the service while it waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from src.core.errors import OverloadedError
@@ -37,8 +39,8 @@ class PixelBudget:
         self.retry_after_s = retry_after_s
         self._used = 0
         self._waiting = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._large_seen = False
-        self._changed = asyncio.Condition()
         self._on_large_release = on_large_release
         self._large = large
 
@@ -46,32 +48,59 @@ class PixelBudget:
     def used(self) -> int:
         return self._used
 
+    def clamp(self, pixels: int) -> int:
+        """What ``pixels`` will hold: an image larger than the budget holds all of it."""
+        return max(0, min(pixels, self.capacity))
+
+    async def acquire(self, pixels: int) -> int:
+        """Wait until ``pixels`` fit and take them; returns what to :meth:`release` later."""
+        pixels = self.clamp(pixels)
+        if self._used + pixels <= self.capacity:
+            self._used += pixels
+            return pixels
+        if self._waiting + pixels > self.max_waiting:
+            raise OverloadedError(
+                "too many large images are waiting to be decoded; retry later",
+                retry_after_s=self.retry_after_s,
+            )
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (pixels, granted)
+        self._waiters.append(entry)
+        self._waiting += pixels
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(pixels)  # granted just as the caller gave up
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+            raise
+        finally:
+            self._waiting -= pixels
+        return pixels
+
+    def release(self, pixels: int) -> None:
+        """Give ``pixels`` back and wake the waiters that now fit, oldest first."""
+        self._used -= pixels
+        self._large_seen |= pixels >= self._large
+        for entry in list(self._waiters):
+            wanted, granted = entry
+            if self._used + wanted <= self.capacity:
+                self._waiters.remove(entry)
+                if not granted.done():
+                    self._used += wanted
+                    granted.set_result(None)
+        if self._used == 0 and self._large_seen:
+            self._large_seen = False
+            if self._on_large_release is not None:
+                self._on_large_release()
+
     @contextlib.asynccontextmanager
     async def hold(self, pixels: int) -> AsyncIterator[None]:
-        """Wait until ``pixels`` fit (an image larger than the budget waits for all of it)."""
-        pixels = max(0, min(pixels, self.capacity))
-        async with self._changed:
-            if self._used + pixels > self.capacity:
-                if self._waiting + pixels > self.max_waiting:
-                    raise OverloadedError(
-                        "too many large images are waiting to be decoded; retry later",
-                        retry_after_s=self.retry_after_s,
-                    )
-                self._waiting += pixels
-                try:
-                    await self._changed.wait_for(lambda: self._used + pixels <= self.capacity)
-                finally:
-                    self._waiting -= pixels
-            self._used += pixels
+        """Hold ``pixels`` for the block (for work that ends when the block does)."""
+        taken = await self.acquire(pixels)
         try:
             yield
         finally:
-            async with self._changed:
-                self._used -= pixels
-                self._large_seen |= pixels >= self._large
-                release = self._used == 0 and self._large_seen
-                if release:
-                    self._large_seen = False
-                self._changed.notify_all()
-            if release and self._on_large_release is not None:
-                self._on_large_release()
+            self.release(taken)

@@ -9,6 +9,7 @@ and explanations all go through :meth:`ModelRunner.run`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -19,12 +20,31 @@ from src.core.errors import ServiceUnavailableError
 T = TypeVar("T")
 
 
-async def run_in(executor: Executor | None, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` on ``executor`` with the caller's context variables."""
+async def run_in(
+    executor: Executor | None,
+    fn: Callable[..., T],
+    *args: Any,
+    on_done: Callable[[], None] | None = None,
+) -> T:
+    """Run ``fn(*args)`` on ``executor`` with the caller's context variables.
+
+    ``on_done`` is called on the event loop when the job has really ended (finished, failed, or
+    dropped before it started), which may be after this coroutine was cancelled: cancelling
+    cannot stop a job a thread is already running.
+    """
     if executor is None:
         raise ServiceUnavailableError("the inference service is not started")
     context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(executor, context.run, fn, *args)
+    loop = asyncio.get_running_loop()
+    job = executor.submit(context.run, fn, *args)
+    if on_done is not None:
+
+        def finished(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to tell
+                loop.call_soon_threadsafe(on_done)
+
+        job.add_done_callback(finished)
+    return await asyncio.wrap_future(job, loop=loop)
 
 
 class ModelRunner:

@@ -172,8 +172,10 @@ class InferenceService:
         pixels = declared_pixels(data)
 
         async def decode_and_score() -> Prediction:
-            async with self.decode_budget.hold(pixels):
-                crop, preprocess_s = await self._prepare(self.preparer.from_bytes, data, deadline)
+            taken = await self.decode_budget.acquire(pixels)
+            crop, preprocess_s = await self._prepare(
+                self.preparer.from_bytes, data, deadline, on_done=self._budget_release(taken)
+            )
             return await self._score(crop, preprocess_s)
 
         return await self._guarded(decode_and_score(), deadline, disconnected)
@@ -225,12 +227,21 @@ class InferenceService:
         raise InferenceTimeoutError("the request's deadline passed before its answer was ready")
 
     async def _prepare(
-        self, prepare: Callable[[Any], np.ndarray], payload: Any, deadline: float
+        self,
+        prepare: Callable[[Any], np.ndarray],
+        payload: Any,
+        deadline: float,
+        on_done: Callable[[], None] | None = None,
     ) -> tuple[np.ndarray, float]:
+        """Run ``prepare`` on a preprocessing thread; ``on_done`` runs (on the loop) once that
+        thread is finished with it, or it was dropped before starting, even if the caller has
+        given up meanwhile."""
         started = time.perf_counter()
         self._preprocessing += 1
         try:
-            crop = await run_in(self._preprocess_pool, _before(deadline, prepare), payload)
+            crop = await run_in(
+                self._preprocess_pool, _before(deadline, prepare), payload, on_done=on_done
+            )
         finally:
             self._preprocessing -= 1
         preprocess_s = time.perf_counter() - started
@@ -251,6 +262,9 @@ class InferenceService:
 
     def _score_batch(self, crops: list[np.ndarray]) -> Sequence[FrameScore]:
         return self.backend.score(crops)
+
+    def _budget_release(self, taken: int) -> Callable[[], None]:
+        return lambda: self.decode_budget.release(taken)
 
     def _schedule_memory_release(self) -> None:
         if self._release_memory is not None and self._preprocess_pool is not None:

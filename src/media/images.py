@@ -81,7 +81,7 @@ def _to_rgb_array(image: Image.Image, limits: ImageLimits) -> np.ndarray:
         )
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # no copy of the pixels
     except Image.DecompressionBombError as exc:
         raise ImageDimensionsError(f"the image is too large to decode safely: {exc}") from exc
     except Exception as exc:  # truncated data, bad EXIF, decoder errors
@@ -104,7 +104,7 @@ def _as_rgb(image: Image.Image) -> np.ndarray:
         image = Image.alpha_composite(background, rgba)
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return np.asarray(image, dtype=np.uint8).copy()
+    return np.asarray(image, dtype=np.uint8)  # read-only: every later step makes new arrays
 
 
 def declared_pixels(data: bytes) -> int:

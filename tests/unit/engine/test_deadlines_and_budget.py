@@ -144,3 +144,32 @@ async def test_large_images_beyond_the_waiting_room_are_refused_at_once() -> Non
     gate.set()
     await asyncio.gather(running, *waiting)
     assert budget.used == 0
+
+
+async def test_an_abandoned_decode_keeps_its_pixels_until_the_thread_is_done(
+    checkpoint_path: Path,
+) -> None:
+    frame = image_bytes(size=(64, 48))
+    backend = ScriptedBackend(checkpoint_path)
+    service = InferenceService(
+        backend,
+        EngineConfig(preprocess_workers=1, decode_budget_pixels=64 * 48),
+        LIMITS,
+        Metrics(),
+    )
+    await service.start()
+    try:
+        CountingPreparer.decodes = 0
+        CountingPreparer.delay_s = 0.4
+        service.preparer = CountingPreparer(backend.metadata, LIMITS)
+        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(service.predict_bytes(frame, disconnected=gone))
+        await asyncio.sleep(0.1)
+        gone.set_result(None)
+        with pytest.raises(ClientDisconnectedError):
+            await task
+        assert service.decode_budget.used == 64 * 48, "released while the thread still decodes"
+        await asyncio.sleep(0.5)
+        assert service.decode_budget.used == 0
+    finally:
+        await service.stop()
