@@ -15,9 +15,17 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
-## Serve the committed demo model on http://127.0.0.1:8000 (key: demo-key in development).
-run: setup
+DEMO_CKPT := checkpoints/demo/model.pt
+DEMO_ONNX := checkpoints/demo/model.onnx
+
+## Serve the committed demo model on http://127.0.0.1:8000 (key: demo-key in development); on a
+## CPU through ONNX Runtime (DFD_BACKEND=auto), exported on first run and whenever model.pt or
+## the installed packages change (the export refuses to write unless it matches torch).
+run: setup $(DEMO_ONNX)
 	$(PY) -m src.serve
+
+$(DEMO_ONNX): $(DEMO_CKPT) $(STAMP)
+	$(PY) -m src.export --checkpoint $(DEMO_CKPT)
 
 ## Lint, type-check and run the whole test suite with coverage.
 test: setup lint typecheck

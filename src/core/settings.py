@@ -119,7 +119,7 @@ class Settings(BaseSettings):
 
     # Model
     checkpoint_path: Path = DEFAULT_CHECKPOINT
-    backend: Literal["torch"] = "torch"
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     device: str = "auto"
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     face_crop: Literal["auto", "on", "off"] = "auto"

@@ -15,13 +15,15 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from src.core.errors import CheckpointError
 from src.core.labels import FAKE, LABELS, fake_index
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written, not for metadata
+    import torch
 
 CHECKPOINT_FORMAT = "dfd-checkpoint/1"
 
@@ -73,6 +75,8 @@ def save_checkpoint(
     training: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically: a temp file in the same folder, then ``os.replace``."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
@@ -98,6 +102,8 @@ def save_checkpoint(
 
 def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Read and check a checkpoint file without building the model."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

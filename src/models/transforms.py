@@ -11,14 +11,17 @@ float32 in the same order, so a model sees the same numbers in training and in s
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from src.models.checkpoint import ModelMetadata
 
-Preprocess = Callable[[np.ndarray], torch.Tensor]
+if TYPE_CHECKING:  # torch only where tensors are made: crops and normalisation stay NumPy
+    import torch
+
+Preprocess = Callable[[np.ndarray], "torch.Tensor"]
 Crop = Callable[[np.ndarray], np.ndarray]
 
 
@@ -58,6 +61,8 @@ def build_preprocess(metadata: ModelMetadata) -> Preprocess:
     crop = build_crop(metadata)
     mean, inv_std = normalization(metadata)
 
+    import torch
+
     def preprocess(rgb: np.ndarray) -> torch.Tensor:
         normalised = (crop(rgb).astype(np.float32) - mean) * inv_std
         return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
@@ -72,5 +77,7 @@ def normalize_batch(
 
     ``mean`` and ``inv_std`` come from :func:`normalization`, as tensors on ``pixels``' device.
     """
+    import torch
+
     batch = pixels.permute(0, 3, 1, 2).to(torch.float32)
     return batch.sub_(mean.view(1, 3, 1, 1)).mul_(inv_std.view(1, 3, 1, 1))

@@ -23,7 +23,7 @@ from src.engine.executors import ModelRunner
 from src.engine.preprocess import FaceCropper
 from src.engine.service import EngineConfig, InferenceService
 from src.media.images import ImageLimits
-from src.models.backends import load_backend
+from src.models.backends import choose_backend, load_backend
 from src.models.checkpoint import ModelMetadata
 from src.serve.memory import release_free_memory
 from src.serve.metrics import Metrics
@@ -103,9 +103,13 @@ def chain_drain_on_signals(on_signal: Callable[[], None]) -> Callable[[], None]:
 async def start_service(settings: Settings, metrics: Metrics) -> InferenceService:
     """Load the backend on the thread that will run every forward pass, then start the engine."""
     runner = ModelRunner()
+    choose = partial(
+        choose_backend, settings.backend, settings.checkpoint_path, settings.torch_device
+    )
+    choice = await runner.run(choose)  # hashes the checkpoint: off the event loop
     load = partial(
         load_backend,
-        settings.backend,
+        choice.name,
         settings.checkpoint_path,
         device=settings.torch_device,
         threads=settings.effective_torch_threads,
@@ -124,7 +128,10 @@ async def start_service(settings: Settings, metrics: Metrics) -> InferenceServic
     await service.start()
     info = backend.describe()
     metrics.model_info.labels(
-        version=info.metadata.version, architecture=info.metadata.architecture, device=info.device
+        version=info.metadata.version,
+        architecture=info.metadata.architecture,
+        device=info.device,
+        backend=info.backend,
     ).set(1)
     return service
 

@@ -89,7 +89,7 @@ class Metrics:
         self.model_info = Gauge(
             "dfd_model_info",
             "The model being served (value is always 1)",
-            ["version", "architecture", "device"],
+            ["version", "architecture", "device", "backend"],
             registry=r,
         )
         self.ready = Gauge("dfd_ready", "1 when the service takes inference requests", registry=r)

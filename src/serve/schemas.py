@@ -61,6 +61,7 @@ class ReadinessResponse(BaseModel):
     model_version: str
     model_architecture: str
     device: str
+    backend: str = Field(description="The model runtime: torch or onnxruntime.")
 
 
 class ErrorDetail(BaseModel):

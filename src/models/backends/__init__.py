@@ -2,16 +2,82 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
+from typing import NamedTuple
 
-from src.core.errors import ConfigurationError
+from src.core.errors import CheckpointError, ConfigurationError
 from src.models.backends.base import Backend, BackendInfo, FrameScore
 
+logger = logging.getLogger(__name__)
+
 # name -> module with ``load(path, device, *, threads)``; imported only when chosen, so a
-# runtime that is not used is never imported.
-BACKEND_MODULES = {"torch": "src.models.backends.torch"}
+# runtime that is not used is never imported. torch first: the reference runtime.
+BACKEND_MODULES = {
+    "torch": "src.models.backends.torch",
+    "onnxruntime": "src.models.backends.onnxruntime",
+}
+AUTO = "auto"
+
+
+class BackendChoice(NamedTuple):
+    """The backend to load and why it was chosen."""
+
+    name: str
+    reason: str
+
+
+def choose_backend(requested: str, checkpoint: str | Path, device: str) -> BackendChoice:
+    """Resolve ``DFD_BACKEND`` for a checkpoint on a resolved device (``cpu``, ``cuda:0``, ...).
+
+    ``auto``: onnxruntime on the CPU when the export beside the checkpoint was made from it
+    (``model.pt`` -> ``model.onnx``), else torch; torch on a GPU. An explicit ``onnxruntime``
+    that cannot serve (a GPU device, no export, another checkpoint's export) is a
+    :class:`ConfigurationError` naming the export command. The choice and its reason are logged.
+    """
+    if requested != AUTO and requested not in BACKEND_MODULES:
+        raise ConfigurationError(f"unknown backend {requested!r}; known: auto, {_known()}")
+    if requested == AUTO or requested == "onnxruntime":
+        choice = _choose_onnxruntime(requested, Path(checkpoint), device)
+    else:
+        choice = BackendChoice(requested, f"DFD_BACKEND={requested}")
+    logger.info(
+        "backend %s chosen (DFD_BACKEND=%s): %s",
+        choice.name,
+        requested,
+        choice.reason,
+        extra={"backend": choice.name, "requested": requested, "reason": choice.reason},
+    )
+    return choice
+
+
+def _choose_onnxruntime(requested: str, checkpoint: Path, device: str) -> BackendChoice:
+    explicit = requested == "onnxruntime"
+    if device != "cpu":
+        if explicit:
+            raise ConfigurationError(
+                f"DFD_BACKEND=onnxruntime serves on the CPU, but the device is {device}: set "
+                "DFD_DEVICE=cpu, or DFD_BACKEND=auto (torch on the GPU)"
+            )
+        return BackendChoice("torch", f"device {device}: torch serves on the GPU")
+    try:
+        from src.models.backends.onnxruntime import check_export
+    except ImportError as exc:  # onnx/onnxruntime not installed
+        if explicit:
+            raise ConfigurationError(f"DFD_BACKEND=onnxruntime, but {exc}") from exc
+        return BackendChoice("torch", f"ONNX Runtime is not installed ({exc})")
+    try:
+        check_export(checkpoint)
+    except CheckpointError as exc:
+        if explicit:
+            raise ConfigurationError(f"DFD_BACKEND=onnxruntime, but {exc.message}") from exc
+        return BackendChoice("torch", f"on the CPU, but {exc.message}")
+    reason = f"on the CPU, and {checkpoint.with_suffix('.onnx')} was exported from {checkpoint}"
+    if explicit:
+        reason = f"DFD_BACKEND=onnxruntime; {reason}"
+    return BackendChoice("onnxruntime", reason)
 
 
 def load_backend(
@@ -21,11 +87,21 @@ def load_backend(
     try:
         module = import_module(BACKEND_MODULES[name])
     except KeyError:
-        raise ConfigurationError(
-            f"unknown backend {name!r}; known: {', '.join(sorted(BACKEND_MODULES))}"
-        ) from None
+        raise ConfigurationError(f"unknown backend {name!r}; known: {_known()}") from None
     loader: Callable[..., Backend] = module.load
     return loader(path, device, threads=threads)
 
 
-__all__ = ["BACKEND_MODULES", "Backend", "BackendInfo", "FrameScore", "load_backend"]
+def _known() -> str:
+    return ", ".join(BACKEND_MODULES)
+
+
+__all__ = [
+    "BACKEND_MODULES",
+    "Backend",
+    "BackendChoice",
+    "BackendInfo",
+    "FrameScore",
+    "choose_backend",
+    "load_backend",
+]

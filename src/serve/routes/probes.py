@@ -26,6 +26,7 @@ async def ready(request: Request) -> ReadinessResponse:
         model_version=info.metadata.version,
         model_architecture=info.metadata.architecture,
         device=info.device,
+        backend=info.backend,
     )
 
 

@@ -80,6 +80,7 @@ async def test_health_and_ready(client: httpx.AsyncClient) -> None:
         "model_version": "test-1",
         "model_architecture": "test_efficientnet",
         "device": "cpu",
+        "backend": "torch",
     }
 
 
@@ -159,7 +160,8 @@ async def test_metrics_after_traffic(client: httpx.AsyncClient) -> None:
     assert "dfd_fake_probability_count 1.0" in text
     assert "dfd_predictions_total{label=" in text
     assert (
-        'dfd_model_info{architecture="test_efficientnet",device="cpu",version="test-1"} 1.0' in text
+        'dfd_model_info{architecture="test_efficientnet",backend="torch",device="cpu",'
+        'version="test-1"} 1.0' in text
     )
     assert "dfd_http_requests_in_flight" in text
     assert "dfd_ready 1.0" in text
