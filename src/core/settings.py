@@ -120,6 +120,7 @@ class Settings(BaseSettings):
     # Model
     checkpoint_path: Path = DEFAULT_CHECKPOINT
     backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    onnx_precision: Literal["fp32", "int8"] = "fp32"
     device: str = "auto"
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     face_crop: Literal["auto", "on", "off"] = "auto"

@@ -104,7 +104,11 @@ async def start_service(settings: Settings, metrics: Metrics) -> InferenceServic
     """Load the backend on the thread that will run every forward pass, then start the engine."""
     runner = ModelRunner()
     choose = partial(
-        choose_backend, settings.backend, settings.checkpoint_path, settings.torch_device
+        choose_backend,
+        settings.backend,
+        settings.checkpoint_path,
+        settings.torch_device,
+        settings.onnx_precision,
     )
     choice = await runner.run(choose)  # hashes the checkpoint: off the event loop
     load = partial(

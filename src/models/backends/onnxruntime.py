@@ -5,6 +5,12 @@ records, in the ONNX model's ``metadata_props``, the checkpoint's metadata and t
 checkpoint file. :func:`load` takes the *checkpoint* path, as every backend does, and refuses an
 export whose recorded hash is not the checkpoint's (it was exported from other weights).
 
+An int8 export (``python -m src.export --int8``, ``src/export/quantize.py``) lives beside it as
+``model.int8.onnx``: the same graph statically quantised (QDQ), recording ``dfd.precision=int8``,
+the ROC AUC it kept and whether it is *offered* (its AUC drop passed the gate).
+``load(..., precision="int8")`` (``DFD_ONNX_PRECISION=int8``) serves it, and refuses one that is
+missing, stale (another checkpoint's hash) or not offered.
+
 The graph takes the normalised float32 NCHW batch and returns logits; :meth:`score` normalises
 uint8 crops with NumPy exactly as the torch backend does (``transforms.normalization``, then
 ``(pixel - mean) * inv_std`` in float32) and reads the fake column by the checkpoint's labels.
@@ -37,7 +43,11 @@ NAME = "onnxruntime"
 DEVICE = "cpu"
 EXPORT_FORMAT = "dfd-onnx/1"
 EXPORT_SUFFIX = ".onnx"
+INT8_SUFFIX = ".int8.onnx"
 EXPORT_COMMAND = "python -m src.export --checkpoint"
+INT8_COMMAND_TAIL = "--int8 --calibration-dir DIR"
+PRECISIONS = ("fp32", "int8")
+INT8_NAME = "onnxruntime-int8"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -47,11 +57,22 @@ METADATA_KEY = "dfd.metadata"
 CHECKPOINT_SHA256_KEY = "dfd.checkpoint_sha256"
 PARITY_KEY = "dfd.parity_max_abs_diff"
 PARITY_CROPS_KEY = "dfd.parity_crops"
+# written by src/export/quantize.py into model.int8.onnx
+PRECISION_KEY = "dfd.precision"
+OFFERED_KEY = "dfd.int8_offered"
+ACCURACY_KEY = "dfd.int8_accuracy"
 
 
-def export_path(checkpoint: str | Path) -> Path:
-    """Where the export of ``checkpoint`` lives: beside it, same stem, ``.onnx``."""
-    return Path(checkpoint).with_suffix(EXPORT_SUFFIX)
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigurationError(f"unknown ONNX precision {precision!r}; known: fp32, int8")
+
+
+def export_path(checkpoint: str | Path, precision: str = "fp32") -> Path:
+    """Where the export of ``checkpoint`` lives: beside it, same stem, ``.onnx`` (fp32) or
+    ``.int8.onnx`` (int8)."""
+    _check_precision(precision)
+    return Path(checkpoint).with_suffix(EXPORT_SUFFIX if precision == "fp32" else INT8_SUFFIX)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -70,6 +91,9 @@ class ExportInfo:
     checkpoint_sha256: str
     parity_max_abs_diff: float | None = None
     parity_crops: int | None = None
+    precision: str = "fp32"
+    int8_offered: bool | None = None  # int8 only: whether its AUC drop passed the gate
+    int8_accuracy: str | None = None  # int8 only: the measured figures, JSON
 
 
 def parse_export_props(props: Mapping[str, str], source: str | Path) -> ExportInfo:
@@ -85,11 +109,15 @@ def parse_export_props(props: Mapping[str, str], source: str | Path) -> ExportIn
         raise CheckpointError(f"invalid metadata in {source}: {exc}") from exc
     parity = props.get(PARITY_KEY)
     crops = props.get(PARITY_CROPS_KEY)
+    offered = props.get(OFFERED_KEY)
     return ExportInfo(
         metadata=metadata,
         checkpoint_sha256=sha256,
         parity_max_abs_diff=float(parity) if parity is not None else None,
         parity_crops=int(crops) if crops is not None else None,
+        precision=props.get(PRECISION_KEY, "fp32"),
+        int8_offered=None if offered is None else offered == "true",
+        int8_accuracy=props.get(ACCURACY_KEY),
     )
 
 
@@ -103,15 +131,20 @@ def read_export(data: bytes, source: str | Path) -> ExportInfo:
     return parse_export_props(props, source)
 
 
-def check_export(checkpoint: str | Path) -> tuple[bytes, ExportInfo]:
+def check_export(checkpoint: str | Path, precision: str = "fp32") -> tuple[bytes, ExportInfo]:
     """The bytes and info of the export beside ``checkpoint``, refused unless it was exported
-    from this very file. Every refusal is a :class:`CheckpointError` naming the export command."""
+    from this very file (and, for int8, is an int8 export that was offered). Every refusal is a
+    :class:`CheckpointError` naming the export command."""
     checkpoint = Path(checkpoint)
-    path = export_path(checkpoint)
+    path = export_path(checkpoint, precision)
+    command = f"{EXPORT_COMMAND} {checkpoint}"
+    if precision == "int8":
+        command = f"{command} {INT8_COMMAND_TAIL}"
     if not path.is_file():
         raise CheckpointError(
-            f"no ONNX export of {checkpoint} ({path} not found): export it with "
-            f"`{EXPORT_COMMAND} {checkpoint}`"
+            f"no ONNX {'int8 ' if precision == 'int8' else ''}export of {checkpoint} ({path} "
+            f"not found): export it with "
+            f"`{command}`"
         )
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
@@ -119,13 +152,21 @@ def check_export(checkpoint: str | Path) -> tuple[bytes, ExportInfo]:
     try:
         info = read_export(data, path)
     except CheckpointError as exc:
-        raise CheckpointError(
-            f"{exc.message}: re-export with `{EXPORT_COMMAND} {checkpoint}`"
-        ) from exc
+        raise CheckpointError(f"{exc.message}: re-export with `{command}`") from exc
     if info.checkpoint_sha256 != file_sha256(checkpoint):
         raise CheckpointError(
             f"{path} was exported from another checkpoint than {checkpoint} (the SHA-256 it "
-            f"records differs): re-export with `{EXPORT_COMMAND} {checkpoint}`"
+            f"records differs): re-export with `{command}`"
+        )
+    if info.precision != precision:
+        raise CheckpointError(
+            f"{path} is a {info.precision} export, not {precision}: re-export with `{command}`"
+        )
+    if precision == "int8" and info.int8_offered is not True:
+        raise CheckpointError(
+            f"{path} is not offered: its ROC AUC dropped more than the gate allows against fp32 "
+            f"({info.int8_accuracy or 'no figures recorded'}); serve fp32 (DFD_ONNX_PRECISION="
+            "fp32) or quantise again with other calibration"
         )
     return data, info
 
@@ -136,6 +177,7 @@ class OnnxRuntimeBackend:
 
     session: ort.InferenceSession
     metadata: ModelMetadata
+    name: str = NAME
     _mean: np.ndarray = field(init=False, repr=False)
     _inv_std: np.ndarray = field(init=False, repr=False)
 
@@ -146,7 +188,7 @@ class OnnxRuntimeBackend:
 
     # ------------------------------------------------------------------ Backend
     def describe(self) -> BackendInfo:
-        return BackendInfo(backend=NAME, device=DEVICE, metadata=self.metadata)
+        return BackendInfo(backend=self.name, device=DEVICE, metadata=self.metadata)
 
     def warm_up(self, batch_sizes: Iterable[int]) -> None:
         size = self.metadata.input_size
@@ -220,26 +262,34 @@ def from_bytes(
 
 
 def load(
-    path: str | Path, device: str = DEVICE, *, threads: int | None = None
+    path: str | Path,
+    device: str = DEVICE,
+    *,
+    threads: int | None = None,
+    precision: str = "fp32",
 ) -> OnnxRuntimeBackend:
-    """Load the export beside the checkpoint at ``path`` (``model.pt`` -> ``model.onnx``).
+    """Load the export beside the checkpoint at ``path`` (``model.pt`` -> ``model.onnx``, or
+    ``model.int8.onnx`` for ``precision="int8"``).
 
-    The export must record this checkpoint's SHA-256, else :class:`CheckpointError` (re-export
-    with ``python -m src.export``). The metadata comes from the export itself. ONNX Runtime runs
-    here on the CPU only; ``threads`` is its intra-op thread count.
+    The export must record this checkpoint's SHA-256 (and an int8 one must be offered), else
+    :class:`CheckpointError` (re-export with ``python -m src.export``). The metadata comes from
+    the export itself. ONNX Runtime runs here on the CPU only; ``threads`` is its intra-op
+    thread count.
     """
+    _check_precision(precision)
     if str(device) != DEVICE:
         raise ConfigurationError(
             f"the {NAME} backend runs on the CPU, not {device}: set DFD_DEVICE=cpu, or "
             "DFD_BACKEND=torch (or auto) to serve on the GPU"
         )
-    data, info = check_export(path)
-    onnx_path = export_path(path)
+    data, info = check_export(path, precision)
+    onnx_path = export_path(path, precision)
     backend = from_bytes(data, info.metadata, threads=threads, source=str(onnx_path))
+    backend.name = NAME if precision == "fp32" else INT8_NAME
     logger.info(
         "model loaded",
         extra={
-            "backend": NAME,
+            "backend": backend.name,
             "architecture": info.metadata.architecture,
             "version": info.metadata.version,
             "device": DEVICE,
@@ -248,6 +298,13 @@ def load(
         },
     )
     return backend
+
+
+def load_int8(
+    path: str | Path, device: str = DEVICE, *, threads: int | None = None
+) -> OnnxRuntimeBackend:
+    """:func:`load` of ``model.int8.onnx`` (the ``onnxruntime-int8`` backend)."""
+    return load(path, device, threads=threads, precision="int8")
 
 
 def metadata_json(metadata: ModelMetadata) -> str:
