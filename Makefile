@@ -61,7 +61,9 @@ evaluate-demo: demo-data
 	$(PY) -m src.train.evaluate --checkpoint checkpoints/demo/model.pt --data data/demo \
 		--split test test_xmanip
 
-## Load benchmark (not in CI; ~4 min, wants the machine to itself): BENCHMARKS.md's command.
+## Load benchmark (not in CI; ~10 min, wants the machine to itself): raw model per backend, the
+## service on torch and onnxruntime, naive baseline, face crop on (demo model). BENCH_ARGS: more
+## flags, e.g. BENCH_ARGS="--face-reference-rps 12.3" (python -m bench --help).
 BENCH_CKPT ?= bench/results/efficientnet_lite0_random.pt
 BENCH_OUT ?= bench/results/latest
 # Random weights: speed and robustness do not depend on the weights' values.
@@ -73,7 +75,7 @@ $(BENCH_CKPT): | $(STAMP)
 
 bench: setup $(BENCH_CKPT)
 	$(PY) -m bench --checkpoint $(BENCH_CKPT) --requests 300 --concurrency 1,8,32,128 \
-		--soak 10000 --out $(BENCH_OUT)
+		--soak 10000 --out $(BENCH_OUT) $(BENCH_ARGS)
 
 ## Hostile clients (slow uploads, huge headers, silent sockets, decode bombs, deadlines), each
 ## against a fresh service with a normal client measuring; ~3-4 min; a table, never a failure.

@@ -1,5 +1,6 @@
-"""``python -m bench --checkpoint PATH``: load-test the service against the raw model and a naive
-baseline, and check the issue's targets. Not part of CI; see bench/README.md."""
+"""``python -m bench --checkpoint PATH``: load-test the service on each backend against the raw
+model and a naive baseline, then the face-crop path on the demo model, and check the issue's
+targets. Not part of CI; see bench/README.md."""
 
 from __future__ import annotations
 
@@ -37,12 +38,14 @@ from bench.procs import (
     service_env,
     stop_on_signals,
 )
+from bench.raw_model import SCORE_BACKENDS, int8_path
 from bench.report import (
     FAIL,
     evaluate_targets,
     feasibility,
     feasibility_table,
     plot,
+    raw_backends_table,
     raw_table,
     results_table,
     targets_table,
@@ -51,12 +54,26 @@ from bench.report import (
 from bench.stats import LevelResult, describe_histogram, histogram_delta, summarize
 from src.models import read_checkpoint
 
+BACKENDS = ("torch", "onnxruntime")
+INT8 = "onnxruntime-int8"
+DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "demo" / "model.pt"
+
 STAGES = {
     "preprocess_ms": ("dfd_preprocess_seconds", 1000.0),
     "queue_wait_ms": ("dfd_queue_wait_seconds", 1000.0),
     "forward_ms": ("dfd_model_inference_seconds", 1000.0),
     "batch_size": ("dfd_batch_size", 1.0),
 }
+
+
+def _backend_list(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [v for v in values if v not in BACKENDS]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected backends from {','.join(BACKENDS)}, not {text!r}"
+        )
+    return list(dict.fromkeys(values))
 
 
 def _int_list(text: str) -> list[int]:
@@ -91,6 +108,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--raw-budget-s", type=float, default=4.0, help="timed s per batch size")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument(
+        "--backends",
+        type=_backend_list,
+        default=list(BACKENDS),
+        help="DFD_BACKEND values to time raw (Backend.score) and to serve, in order (default: "
+        "torch,onnxruntime); the first one also runs the soak and the overload run. The int8 "
+        "export is timed raw when model.int8.onnx exists beside the checkpoint",
+    )
+    parser.add_argument(
+        "--raw-backends",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time Backend.score per backend (the torch forward-pass timing always runs)",
+    )
+    parser.add_argument(
+        "--face-crop-run",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve --face-checkpoint with face crop on the example face photos, per backend",
+    )
+    parser.add_argument("--face-checkpoint", type=Path, default=DEMO_CHECKPOINT)
+    parser.add_argument(
+        "--face-crop-mode",
+        choices=("auto", "on"),
+        default="auto",
+        help="DFD_FACE_CROP for the face run (auto: the checkpoint's own setting, which is on "
+        "for the demo model; on is forced when the checkpoint says off)",
+    )
+    parser.add_argument("--face-concurrency", type=_int_list, default=[1, 32])
+    parser.add_argument(
+        "--face-reference-rps",
+        type=float,
+        default=None,
+        help="req/s of the face path at c=32 before this work (for the 2x target); default: "
+        "the torch backend's face run in this same run",
+    )
+    parser.add_argument(
         "--service-command",
         default=" ".join(service_command()),
         help="for experiments: the command that starts the service (default: python -m src.serve)",
@@ -109,8 +162,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def measure_raw(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
-    """The forward pass alone, in its own process, before any server runs."""
+def measure_raw(
+    args: argparse.Namespace, checkpoint: Path, backend: str = "forward"
+) -> dict[str, Any]:
+    """The forward pass (or ``Backend.score`` of ``backend``) alone, in its own process, before
+    any server runs."""
     batches = sorted({*args.raw_batches, args.max_batch_size})
     command = [
         sys.executable,
@@ -126,6 +182,8 @@ def measure_raw(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
         ",".join(map(str, batches)),
         "--budget-s",
         str(args.raw_budget_s),
+        "--backend",
+        backend,
     ]
     done = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False
@@ -136,11 +194,59 @@ def measure_raw(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
 
 
 def service_process(
-    args: argparse.Namespace, checkpoint: Path, name: str, queue: int, log_dir: Path
+    args: argparse.Namespace,
+    checkpoint: Path,
+    name: str,
+    queue: int,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    """The service under test (``--service-command``) on a free loopback port."""
-    env = service_env(args, checkpoint, free_port(), queue)
+    """The service under test (``--service-command``) on a free loopback port; ``extra_env``
+    (the backend, face crop) wins over ``--server-env``."""
+    env = {**service_env(args, checkpoint, free_port(), queue), **(extra_env or {})}
     return ServerProcess(name, shlex.split(args.service_command), env, log_dir)
+
+
+def ensure_export(checkpoint: Path) -> str:
+    """Export ``checkpoint`` to ONNX beside it unless a matching export is there; what was done."""
+    from src.core.errors import CheckpointError
+    from src.export import export_onnx
+    from src.models.backends.onnxruntime import check_export
+
+    try:
+        check_export(checkpoint)
+        return "export present"
+    except CheckpointError as exc:
+        print(f"exporting {checkpoint} to ONNX ({exc.message})", flush=True)
+    started = time.perf_counter()
+    export_onnx(checkpoint)
+    return f"exported in {time.perf_counter() - started:.1f} s"
+
+
+def raw_backends(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
+    """``Backend.score`` timing per backend, and for the int8 export when there is one."""
+    names = [name for name in SCORE_BACKENDS if name in args.backends]
+    if "onnxruntime" in args.backends:
+        names.append(INT8)
+    found: dict[str, Any] = {}
+    for name in names:
+        if name == INT8 and not int8_path(checkpoint).is_file():
+            found[name] = {"skipped": f"no {int8_path(checkpoint).name} beside the checkpoint"}
+        else:
+            try:
+                found[name] = measure_raw(args, checkpoint, name)
+            except RuntimeError as exc:
+                found[name] = {"skipped": str(exc).splitlines()[-1][:200]}
+        print(f"  raw {name}: {_raw_line(found[name])}", flush=True)
+    return found
+
+
+def _raw_line(raw: dict[str, Any]) -> str:
+    if "skipped" in raw:
+        return f"skipped ({raw['skipped']})"
+    best, batch1 = raw["best"], raw["batch1"]
+    one = f"batch 1 {batch1['median_ms']:.1f} ms, " if batch1 else ""
+    return f"{one}best {best['throughput_ips']:.1f} img/s at batch {best['batch']}"
 
 
 def _stage_summary(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -199,13 +305,18 @@ def warm_up(server: ServerProcess, payloads: list[bytes], args: argparse.Namespa
 
 
 def run_levels(
-    server: ServerProcess, payloads: list[bytes], args: argparse.Namespace, *, scrape: bool
+    server: ServerProcess,
+    payloads: list[bytes],
+    args: argparse.Namespace,
+    *,
+    scrape: bool,
+    concurrency_levels: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     levels = []
-    for concurrency in args.concurrency:
+    for concurrency in concurrency_levels or args.concurrency:
         _, summary = drive(server, payloads, concurrency, args.requests, args, scrape=scrape)
         print(
-            f"  {server.name:<8} c={concurrency:<4} {summary['throughput_rps']:7.1f} req/s  "
+            f"  {server.name:<18} c={concurrency:<4} {summary['throughput_rps']:7.1f} req/s  "
             f"p50 {summary['p50_ms']} ms  p99 {summary['p99_ms']} ms  {summary['statuses']}",
             flush=True,
         )
@@ -214,10 +325,16 @@ def run_levels(
 
 
 def run_small_queue(
-    args: argparse.Namespace, checkpoint: Path, payloads_for: Any, log_dir: Path
+    args: argparse.Namespace,
+    checkpoint: Path,
+    payloads_for: Any,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     concurrency = max(args.concurrency)
-    server = service_process(args, checkpoint, "service-small-queue", args.small_queue, log_dir)
+    server = service_process(
+        args, checkpoint, "service-small-queue", args.small_queue, log_dir, extra_env
+    )
     with running(server, args.ready_timeout):
         payloads = payloads_for(server.port)
         warm_up(server, payloads, args)
@@ -233,6 +350,7 @@ def run_small_queue(
         )
         return {
             "concurrency": concurrency,
+            "backend": (extra_env or {}).get("DFD_BACKEND"),
             "max_queue_size": args.small_queue,
             "summary": summary,
             "rss_before_mb": round(rss_before, 1),
@@ -275,6 +393,46 @@ def run_soak(server: ServerProcess, payloads: list[bytes], args: argparse.Namesp
     }
 
 
+def face_payloads(port: int) -> tuple[list[bytes], list[str]]:
+    """The example face photos themselves (``examples/*.jpg``), as requests to ``port``."""
+    paths = sorted((REPO_ROOT / "examples").glob("*.jpg"))
+    if not paths:
+        raise RuntimeError("no examples/*.jpg for the face-crop run")
+    return build_payloads(port, API_KEY, [p.read_bytes() for p in paths]), [p.name for p in paths]
+
+
+def run_faces(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    """The face-crop path: ``--face-checkpoint`` with face crop on, per backend, on the example
+    face photos, at ``--face-concurrency``. A 422 (no face found) shows in the statuses."""
+    checkpoint = args.face_checkpoint.resolve()
+    metadata = read_checkpoint(checkpoint).metadata
+    mode = args.face_crop_mode if metadata.face_crop or args.face_crop_mode == "on" else "on"
+    found: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "face_crop": mode,
+        "checkpoint_face_crop": metadata.face_crop,
+        "runs": {},
+    }
+    if "onnxruntime" in args.backends:
+        found["export"] = ensure_export(checkpoint)
+    for backend in args.backends:
+        env = {"DFD_BACKEND": backend, "DFD_FACE_CROP": mode}
+        name = f"faces-{backend}"
+        server = service_process(args, checkpoint, name, args.max_queue_size, log_dir, env)
+        with running(server, args.ready_timeout):
+            payloads, images = face_payloads(server.port)
+            warm_up(server, payloads, args)
+            levels = run_levels(
+                server, payloads, args, scrape=True, concurrency_levels=args.face_concurrency
+            )
+        found["images"] = images
+        found["runs"][backend] = {"backend": backend, "levels": levels}
+        refused = sum(level["statuses"].get("422", 0) for level in levels)
+        if refused:
+            print(f"  WARNING: {name}: {refused} answers 422 (no face found?)", flush=True)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_signals()
@@ -311,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device,
             "requests_per_level": args.requests,
             "concurrency": args.concurrency,
+            "backends": args.backends,
+            "face_crop_run": args.face_crop_run,
+            "face_concurrency": args.face_concurrency,
+            "face_reference_rps": args.face_reference_rps,
             "server_env": args.server_env,
             "service_command": args.service_command,
             "malloc_env": {
@@ -331,19 +493,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["raw"] = measure_raw(args, checkpoint)
     print(raw_table(results["raw"]), flush=True)
+    if "onnxruntime" in args.backends:
+        results["meta"]["export"] = ensure_export(checkpoint)
+    if args.raw_backends:
+        results["raw_backends"] = raw_backends(args, checkpoint)
 
-    service = service_process(args, checkpoint, "service", args.max_queue_size, log_dir)
-    with running(service, args.ready_timeout):
-        payloads = payloads_for(service.port)
-        warm_up(service, payloads, args)
-        results["service"] = {"rss_start_mb": round(rss_mb(service.pid), 1)}
-        results["service"]["levels"] = run_levels(service, payloads, args, scrape=True)
-        results["service"]["rss_end_mb"] = round(rss_mb(service.pid), 1)
-        if args.soak:
-            results["soak"] = run_soak(service, payloads, args)
-
-    if args.small_queue:
-        results["small_queue"] = run_small_queue(args, checkpoint, payloads_for, log_dir)
+    results["services"] = {}
+    for index, backend in enumerate(args.backends):
+        env = {"DFD_BACKEND": backend}
+        service = service_process(
+            args, checkpoint, f"service-{backend}", args.max_queue_size, log_dir, env
+        )
+        with running(service, args.ready_timeout):
+            payloads = payloads_for(service.port)
+            warm_up(service, payloads, args)
+            entry: dict[str, Any] = {
+                "backend": backend,
+                "rss_start_mb": round(rss_mb(service.pid), 1),
+            }
+            entry["levels"] = run_levels(service, payloads, args, scrape=True)
+            entry["rss_end_mb"] = round(rss_mb(service.pid), 1)
+            if args.soak and index == 0:
+                results["soak"] = run_soak(service, payloads, args)
+                results["soak"]["backend"] = backend
+        results["services"][backend] = entry
+        if args.small_queue and index == 0:
+            results["small_queue"] = run_small_queue(args, checkpoint, payloads_for, log_dir, env)
+    # Continuity: the existing targets compare "the service" with the raw torch model.
+    primary = "torch" if "torch" in results["services"] else args.backends[0]
+    results["service"] = results["services"][primary]
 
     if not args.no_naive:
         port = free_port()
@@ -360,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
             warm_up(naive, payloads, args)
             results["naive"] = {"levels": run_levels(naive, payloads, args, scrape=False)}
 
+    if args.face_crop_run:
+        results["faces"] = run_faces(args, log_dir)
+
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     results["meta"]["load_avg_1m_end"] = load_average()
     results["targets"] = evaluate_targets(results)
@@ -367,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n\n".join(
         [
             "## Raw model (forward pass only)\n\n" + raw_table(results["raw"]),
+            "## Raw backends (Backend.score on uint8 crops)\n\n"
+            + raw_backends_table(results.get("raw_backends", {})),
             "## Over HTTP\n\n" + results_table(results),
             "## Targets\n\n" + targets_table(results["targets"]),
             "## What this machine allows\n\n" + feasibility_table(results["feasibility"]),

@@ -13,6 +13,11 @@ SPEEDUP_OVER_NAIVE = 1.3
 SMALL_QUEUE_RSS_MB = 100.0
 SOAK_RSS_MB = 50.0
 KEY_CONCURRENCY = 32
+# The backend issue's targets (ratios within one run).
+ORT_OVER_TORCH = 1.5  # service on onnxruntime vs the service on torch, req/s at c=32
+ORT_OVER_NAIVE = 3.0  # service on onnxruntime vs the naive baseline, req/s at c=32
+FACE_SPEEDUP = 2.0  # the demo model's default path (face crop on) vs today's, req/s at c=32
+ORT_P50_SHARE = 0.60  # service on onnxruntime vs torch, p50 at c=1
 
 
 def level(levels: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
@@ -128,6 +133,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
 
+    targets += backend_targets(results)
+
     soak = results.get("soak")
     if soak:
         statuses = soak["summary"]["statuses"]
@@ -138,6 +145,88 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{soak['rss_after_warmup_mb']:.0f} -> {soak['rss_end_mb']:.0f} MB "
                 f"({soak['growth_mb']:+.1f}); statuses {statuses}",
                 soak["growth_mb"] <= SOAK_RSS_MB,
+            )
+        )
+    return targets
+
+
+def _ratio_target(
+    name: str,
+    rule: str,
+    top: tuple[str, float | None],
+    bottom: tuple[str, float | None],
+    goal: float,
+    *,
+    at_most: bool = False,
+) -> dict[str, Any]:
+    """``top / bottom`` against ``goal`` (at least, or at most); SKIP when either is missing."""
+    (top_name, top_value), (bottom_name, bottom_value) = top, bottom
+    if not top_value or not bottom_value:
+        missing = top_name if not top_value else bottom_name
+        return _target(name, rule, f"not run ({missing})", None)
+    ratio = top_value / bottom_value
+    measured = f"{ratio:.2f}x ({top_name} {top_value:.1f} / {bottom_name} {bottom_value:.1f})"
+    return _target(name, rule, measured, ratio <= goal if at_most else ratio >= goal)
+
+
+def _value(levels: list[dict[str, Any]], concurrency: int, key: str) -> float | None:
+    row = level(levels, concurrency)
+    return row.get(key) if row else None
+
+
+def backend_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The backend issue's targets, as ratios between runs of the same benchmark. Only when the
+    run served per backend (``results["services"]``)."""
+    services = results.get("services")
+    if not services:
+        return []
+    key = KEY_CONCURRENCY
+    ort = services.get("onnxruntime", {}).get("levels", [])
+    torch = services.get("torch", {}).get("levels", [])
+    naive = results.get("naive", {}).get("levels", [])
+    targets = [
+        _ratio_target(
+            f"service onnxruntime vs torch, req/s at c={key}",
+            f">= {ORT_OVER_TORCH:g}x",
+            ("onnxruntime", _value(ort, key, "throughput_rps")),
+            ("torch", _value(torch, key, "throughput_rps")),
+            ORT_OVER_TORCH,
+        ),
+        _ratio_target(
+            f"service onnxruntime vs naive, req/s at c={key}",
+            f">= {ORT_OVER_NAIVE:g}x",
+            ("onnxruntime", _value(ort, key, "throughput_rps")),
+            ("naive", _value(naive, key, "throughput_rps")),
+            ORT_OVER_NAIVE,
+        ),
+        _ratio_target(
+            "service onnxruntime vs torch, p50 at c=1",
+            f"<= {ORT_P50_SHARE:.0%} of torch's",
+            ("onnxruntime", _value(ort, 1, "p50_ms")),
+            ("torch", _value(torch, 1, "p50_ms")),
+            ORT_P50_SHARE,
+            at_most=True,
+        ),
+    ]
+    faces = results.get("faces")
+    if faces:
+        runs = faces.get("runs", {})
+        # The default path: DFD_BACKEND=auto picks onnxruntime on the CPU when the export is there.
+        default = "onnxruntime" if "onnxruntime" in runs else next(iter(runs), None)
+        value = _value(runs[default]["levels"], key, "throughput_rps") if default else None
+        reference = results.get("settings", {}).get("face_reference_rps")
+        if reference:
+            bottom: tuple[str, float | None] = ("today's (--face-reference-rps)", reference)
+        else:
+            torch_runs = runs.get("torch", {}).get("levels", [])
+            bottom = ("torch this run", _value(torch_runs, key, "throughput_rps"))
+        targets.append(
+            _ratio_target(
+                f"face crop on (demo model, examples), default path req/s at c={key}",
+                f">= {FACE_SPEEDUP:g}x today's",
+                (f"{default} faces", value),
+                bottom,
+                FACE_SPEEDUP,
             )
         )
     return targets
@@ -214,13 +303,21 @@ def results_table(results: dict[str, Any]) -> str:
     )
     lines = [header, "|" + "|".join(["---"] * (header.count("|") - 1)) + "|"]
     rows: list[tuple[str, dict[str, Any]]] = []
-    rows += [("service", row) for row in results["service"]["levels"]]
+    if results.get("services"):
+        for backend, entry in results["services"].items():
+            rows += [(f"service {backend}", row) for row in entry["levels"]]
+    else:
+        rows += [("service", row) for row in results["service"]["levels"]]
     rows += [("naive", row) for row in results.get("naive", {}).get("levels", [])]
+    for backend, entry in results.get("faces", {}).get("runs", {}).items():
+        rows += [(f"faces {backend}", row) for row in entry["levels"]]
     if results.get("small_queue"):
         small = results["small_queue"]
-        rows.append((f"service, queue {small['max_queue_size']}", small["summary"]))
+        backend = f" {small['backend']}" if small.get("backend") else ""
+        rows.append((f"service{backend}, queue {small['max_queue_size']}", small["summary"]))
     if results.get("soak"):
-        rows.append(("service soak", results["soak"]["summary"]))
+        backend = f" {results['soak']['backend']}" if results["soak"].get("backend") else ""
+        rows.append((f"service{backend} soak", results["soak"]["summary"]))
     for name, row in rows:
         stages = row.get("stages", {})
         statuses = " ".join(f"{k}:{v}" for k, v in row["statuses"].items())
@@ -247,6 +344,29 @@ def results_table(results: dict[str, Any]) -> str:
             )
             + " |"
         )
+    nproc = results.get("meta", {}).get("nproc")
+    if nproc:
+        lines.append(
+            f"\nclient CPU %: the load client's own CPU (the benchmark process), 100 = one "
+            f"core of the {nproc}; other CPU %: everything but server and client."
+        )
+    return "\n".join(lines)
+
+
+def raw_backends_table(raw_backends: dict[str, Any]) -> str:
+    """One row per backend and batch size: ``Backend.score`` on uint8 crops."""
+    lines = ["| backend | batch | median ms | min ms | img/s |", "|---|---|---|---|---|"]
+    for name, raw in raw_backends.items():
+        if "skipped" in raw:
+            lines.append(f"| {name} | - | - | - | skipped: {raw['skipped']} |")
+            continue
+        for row in raw["batches"]:
+            lines.append(
+                f"| {name} | {row['batch']} | {row['median_ms']:.1f} | {row['min_ms']:.1f} "
+                f"| {row['throughput_ips']:.1f} |"
+            )
+    if not raw_backends:
+        lines.append("| not run | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -281,7 +401,14 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    series = [("service", results["service"]["levels"], "tab:blue", "o")]
+    colours = iter(["tab:blue", "tab:purple", "tab:orange", "tab:brown"])
+    if results.get("services"):
+        series = [
+            (f"service {name}", entry["levels"], next(colours, "tab:blue"), "o")
+            for name, entry in results["services"].items()
+        ]
+    else:
+        series = [("service", results["service"]["levels"], "tab:blue", "o")]
     if results.get("naive"):
         series.append(("naive baseline", results["naive"]["levels"], "tab:red", "s"))
     for name, levels, colour, marker in series:
