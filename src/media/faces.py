@@ -3,11 +3,16 @@
 Two detector back-ends, both fully offline:
 
 * ``"mtcnn"``: MTCNN (Zhang et al., 2016) with the P/R/O-Net weights that the ``facenet-pytorch``
-  wheel ships (``facenet_pytorch/data/{pnet,rnet,onet}.pt``, MIT licence). The networks are
-  re-implemented here with ``torch.nn.functional`` so that ``facenet_pytorch`` itself is never
-  imported (its ``__init__`` needs ``requests`` and it pins ``torch<2.3``; install it with
-  ``pip install --no-deps facenet-pytorch==2.6.0``). The pipeline follows facenet-pytorch's
-  ``detect_face``. It also gives five landmarks per face.
+  wheel ships (``facenet_pytorch/data/{pnet,rnet,onet}.pt``, MIT licence); ``facenet_pytorch``
+  itself is never imported (its ``__init__`` needs ``requests`` and it pins ``torch<2.3``;
+  install it with ``pip install --no-deps facenet-pytorch==2.6.0``). The networks run on ONNX
+  Runtime (:mod:`src.media.faces_onnx`: graphs written from the weights, one thread per call,
+  no torch) or, as a fall-back, on ``torch.nn.functional`` (``runtime=``). The pipeline is
+  facenet-pytorch's ``detect_face`` in NumPy/OpenCV, with the image pyramid and the crops
+  resized from 2x2-mean halvings of the image, so that no resize reads many more pixels than
+  it writes. It also gives five landmarks per face. :meth:`FaceDetector.detect_largest` (used
+  by :func:`largest_face_crop`) looks for small faces only when no clearly larger face was
+  found.
 * ``"haar"``: OpenCV Haar cascades from ``cv2.data.haarcascades`` (frontal default, then alt2,
   then profile as fall-backs). OpenCV 5 wheels no longer ship ``cv2.CascadeClassifier`` nor the
   XML files, so this back-end is only available with OpenCV 4.x (or a contrib build plus XMLs).
@@ -21,17 +26,20 @@ in pixels, clipped to the image.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
 
 Box = tuple[int, int, int, int]
 Backend = Literal["auto", "mtcnn", "haar"]
+Runtime = Literal["auto", "onnx", "torch"]
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Box",
@@ -91,6 +99,7 @@ def _mtcnn_weight_dir() -> Path | None:
 
 
 def _load_mtcnn_weights() -> dict[str, dict[str, Any]]:
+    """The three state dicts as float32 torch tensors (imports torch; loaded once)."""
     global _mtcnn_weights
     with _mtcnn_lock:
         if _mtcnn_weights is None:
@@ -152,18 +161,125 @@ def _onet(x: Any, w: dict[str, Any]) -> tuple[Any, Any, Any]:
     return reg, pts, prob
 
 
+class MtcnnNets(Protocol):
+    """The three networks behind one interface; inputs are NHWC ``float32`` RGB pixels, 0-255."""
+
+    runtime: str
+
+    def pnet(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(H, W, 3)`` -> face probability ``(h, w)``, box regression ``(4, h, w)``."""
+        ...
+
+    def rnet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, 24, 24, 3)`` -> face probability ``(N,)``, box regression ``(N, 4)``."""
+        ...
+
+    def onet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(N, 48, 48, 3)`` -> probability, regression ``(N, 4)``, landmarks ``(N, 10)``."""
+        ...
+
+
+class TorchMtcnn:
+    """The networks as ``torch.nn.functional`` calls (the fall-back where onnxruntime is missing).
+
+    Torch runs its ops on the calling thread's OpenMP team, so on the service's preprocessing
+    threads it competes with the model thread; the ONNX Runtime networks do not.
+    """
+
+    runtime = "torch"
+
+    def __init__(self, weights: dict[str, dict[str, Any]]) -> None:
+        self._w = weights
+
+    @staticmethod
+    def _input(x: np.ndarray) -> Any:
+        import torch
+
+        t = torch.from_numpy((x.astype(np.float32) - 127.5) * 0.0078125)
+        return t.permute(0, 3, 1, 2)
+
+    def pnet(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            reg, prob = _pnet(self._input(image[None]), self._w["pnet"])
+            return prob[0, 1].numpy(), reg[0].numpy()
+
+    def rnet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            reg, prob = _rnet(self._input(crops), self._w["rnet"])
+            return prob[:, 1].numpy(), reg.numpy()
+
+    def onet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            reg, pts, prob = _onet(self._input(crops), self._w["onet"])
+            return prob[:, 1].numpy(), reg.numpy(), pts.numpy()
+
+
+def _mtcnn_nets(runtime: Runtime) -> MtcnnNets:
+    """The networks for ``runtime`` (``"auto"``: ONNX Runtime where it imports, else torch)."""
+    folder = _mtcnn_weight_dir()
+    if folder is None:
+        raise NoFaceDetectorError("MTCNN weights not found (pip install facenet-pytorch)")
+    if runtime != "torch":
+        from src.media import faces_onnx
+
+        try:
+            return faces_onnx.shared_mtcnn(folder)
+        except ImportError as exc:
+            if runtime == "onnx":
+                raise NoFaceDetectorError(f"MTCNN on ONNX Runtime is not available: {exc}") from exc
+            logger.info("MTCNN runs on torch: %s", exc)
+    return TorchMtcnn(_load_mtcnn_weights())
+
+
+# NMS with an (N, N) overlap matrix up to this many boxes (N^2 float64s), a loop beyond.
+_NMS_MATRIX_MAX = 1024
+
+
 def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float, mode: str = "union") -> np.ndarray:
-    """Greedy non-maximum suppression on ``(N, 4)`` x1y1x2y2 boxes; returns kept indices."""
-    if len(boxes) == 0:
+    """Greedy non-maximum suppression on ``(N, 4)`` x1y1x2y2 boxes; returns kept indices.
+
+    Highest score first (ties in input order); a box is dropped when it overlaps a kept one by
+    more than ``thr`` (IoU, or intersection over the smaller area with ``mode="min"``).
+    """
+    n = len(boxes)
+    if n == 0:
         return np.zeros(0, dtype=np.int64)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    area = (x2 - x1 + 1) * (y2 - y1 + 1)
     order = np.argsort(-scores, kind="stable")
+    b = boxes[order]
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    if n <= _NMS_MATRIX_MAX:
+        iw = np.maximum(0.0, np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1) + 1)
+        ih = np.maximum(0.0, np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1) + 1)
+        inter = iw * ih
+        if mode == "min":
+            over = inter / np.minimum(area[:, None], area) > thr
+        else:
+            over = inter / (area[:, None] + area - inter) > thr
+        # Walk the kept boxes only: each drops what it overlaps (and itself) from the rest.
+        done = np.zeros(n, dtype=bool)
+        kept: list[int] = []
+        i = 0
+        while True:
+            kept.append(i)
+            done |= over[i]
+            done[i] = True
+            left = np.flatnonzero(~done[i + 1 :])
+            if left.size == 0:
+                return order[np.asarray(kept, dtype=np.int64)]
+            i += 1 + int(left[0])
+    rest = np.arange(n)
     keep: list[int] = []
-    while order.size > 0:
-        i = int(order[0])
+    while rest.size > 0:
+        i = int(rest[0])
         keep.append(i)
-        rest = order[1:]
+        rest = rest[1:]
         iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
         ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
         inter = iw * ih
@@ -171,8 +287,8 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float, mode: str = "union")
             ovr = inter / np.minimum(area[i], area[rest])
         else:
             ovr = inter / (area[i] + area[rest] - inter)
-        order = rest[ovr <= thr]
-    return np.asarray(keep, dtype=np.int64)
+        rest = rest[ovr <= thr]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 def _rerec(b: np.ndarray) -> np.ndarray:
@@ -199,34 +315,87 @@ def _bbreg(b: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return b
 
 
-def _crop_batch(img: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """Crops (clamped to the image, as facenet-pytorch does) resized to ``size``, normalised."""
-    h, w = img.shape[:2]
-    out = np.empty((len(boxes), size, size, 3), dtype=np.float32)
-    bi = np.trunc(boxes[:, :4]).astype(np.int64)
-    for k, (x1, y1, x2, y2) in enumerate(bi):
-        x1, y1 = max(int(x1), 1), max(int(y1), 1)
-        x2, y2 = min(int(x2), w), min(int(y2), h)
-        patch = img[y1 - 1 : y2, x1 - 1 : x2]
-        if patch.size == 0:
-            out[k] = 0.0
-            continue
-        out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
-    return (out - 127.5) * 0.0078125
+class _Pixels:
+    """The image and its halvings, from which the pyramid levels and the crops are resized.
+
+    Coordinates are those of the detection image, ``det_w x det_h`` (the image itself, or its
+    downscale when it is larger than ``max_side``), which is never made. Each pyramid level
+    and each crop is resized from the smallest halving that keeps the last step a shrink by
+    no more than ``_LEVEL_STEP`` (``_CROP_STEP``), so no resize reads many more pixels than it
+    writes. Halvings are exact 2x2 means (OpenCV's fast integer ``INTER_AREA`` on ``uint8``);
+    the last step is ``INTER_AREA`` on ``float32`` (OpenCV's faster path for fractional
+    ratios).
+    """
+
+    def __init__(self, rgb: np.ndarray, det_w: int, det_h: int) -> None:
+        self.halvings = [rgb]
+        self.floats: dict[int, np.ndarray] = {}
+        self.det_w, self.det_h = det_w, det_h
+        # Pixels of the image per pixel of the detection image, per axis.
+        self.kx = rgb.shape[1] / det_w
+        self.ky = rgb.shape[0] / det_h
+
+    def halving(self, j: int) -> np.ndarray:
+        while len(self.halvings) <= j:
+            prev = self.halvings[-1]
+            h2, w2 = prev.shape[0] // 2, prev.shape[1] // 2
+            if h2 < 1 or w2 < 1:
+                return prev
+            half = cv2.resize(prev[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+            self.halvings.append(half)
+        return self.halvings[j]
+
+    def float_halving(self, j: int) -> np.ndarray:
+        src = self.floats.get(j)
+        if src is None:
+            src = self.floats[j] = self.halving(j).astype(np.float32)
+        return src
+
+    @staticmethod
+    def _halvings_for(ratio: float, step: float) -> int:
+        """Halvings to take before a resize by ``ratio`` (output / image pixels, per side)."""
+        j = 0
+        while ratio * (2 ** (j + 1)) <= step and j < 30:
+            j += 1
+        return j
+
+    def level(self, ws: int, hs: int) -> np.ndarray:
+        """The detection image resized to ``ws x hs`` (``float32``)."""
+        rgb = self.halvings[0]
+        ratio = min(ws / rgb.shape[1], hs / rgb.shape[0])
+        src = self.float_halving(self._halvings_for(ratio, _LEVEL_STEP))
+        if src.shape[1] == ws and src.shape[0] == hs:
+            return src
+        return cv2.resize(src, (ws, hs), interpolation=cv2.INTER_AREA)
+
+    def crops(self, boxes: np.ndarray, size: int) -> np.ndarray:
+        """``size x size`` ``float32`` crops of x1y1x2y2 boxes, clamped to the image and
+        stretched as facenet-pytorch does (an empty crop is black)."""
+        out = np.zeros((len(boxes), size, size, 3), dtype=np.float32)
+        bi = np.trunc(boxes[:, :4]).astype(np.int64)
+        for k, (x1, y1, x2, y2) in enumerate(bi.tolist()):
+            x1, y1 = max(x1, 1) - 1, max(y1, 1) - 1
+            x2, y2 = min(x2, self.det_w), min(y2, self.det_h)
+            if x2 <= x1 or y2 <= y1:
+                continue
+            side = min((x2 - x1) * self.kx, (y2 - y1) * self.ky)
+            j = self._halvings_for(size / side, _CROP_STEP)
+            src = self.float_halving(j)
+            j = min(j, len(self.halvings) - 1)  # (an image too small to halve that often)
+            fx, fy = self.kx * 0.5**j, self.ky * 0.5**j
+            c0, r0 = round(x1 * fx), round(y1 * fy)
+            patch = src[r0 : max(round(y2 * fy), r0 + 1), c0 : max(round(x2 * fx), c0 + 1)]
+            if patch.size:
+                out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+        return out
 
 
-def _mtcnn_detect(
-    rgb: np.ndarray,
-    weights: dict[str, dict[str, Any]],
-    min_face_size: int,
-    thresholds: tuple[float, float, float],
-    factor: float,
-) -> list[tuple[np.ndarray, float, np.ndarray]]:
-    """Returns ``[(x1y1x2y2 float box, score, (5, 2) landmarks), ...]``."""
-    import torch
+# The last resize of a pyramid level (a crop) shrinks by at most this much: halvings first.
+_LEVEL_STEP = 0.5
+_CROP_STEP = 1.0
 
-    img = rgb.astype(np.float32)
-    h, w = img.shape[:2]
+
+def _pyramid_scales(h: int, w: int, min_face_size: int, factor: float) -> list[float]:
     m = 12.0 / min_face_size
     minl = min(h, w) * m
     scales: list[float] = []
@@ -235,76 +404,134 @@ def _mtcnn_detect(
         scales.append(s)
         s *= factor
         minl *= factor
+    return scales
 
-    with torch.inference_mode():
-        # Stage 1: P-Net over the image pyramid.
-        all_boxes: list[np.ndarray] = []
-        for scale in scales:
-            hs, ws = int(h * scale + 1), int(w * scale + 1)
-            im = cv2.resize(img, (ws, hs), interpolation=cv2.INTER_AREA)
-            t = torch.from_numpy((im - 127.5) * 0.0078125).permute(2, 0, 1)[None]
-            reg_t, prob_t = _pnet(t, weights["pnet"])
-            prob = prob_t[0, 1].numpy()
-            reg = reg_t[0].numpy()
-            ys, xs = np.nonzero(prob >= thresholds[0])
-            if len(ys) == 0:
-                continue
-            score = prob[ys, xs]
-            q1x = np.floor((2 * xs + 1) / scale)
-            q1y = np.floor((2 * ys + 1) / scale)
-            q2x = np.floor((2 * xs + 12) / scale)
-            q2y = np.floor((2 * ys + 12) / scale)
-            cand = np.stack([q1x, q1y, q2x, q2y, score], axis=1)
-            cand = np.concatenate([cand, reg[:, ys, xs].T], axis=1)
-            all_boxes.append(cand[_nms(cand[:, :4], cand[:, 4], 0.5)])
-        if not all_boxes:
-            return []
-        boxes = np.concatenate(all_boxes, axis=0)
-        boxes = boxes[_nms(boxes[:, :4], boxes[:, 4], 0.7)]
-        regw = boxes[:, 2] - boxes[:, 0]
-        regh = boxes[:, 3] - boxes[:, 1]
-        b = np.stack(
-            [
-                boxes[:, 0] + boxes[:, 5] * regw,
-                boxes[:, 1] + boxes[:, 6] * regh,
-                boxes[:, 2] + boxes[:, 7] * regw,
-                boxes[:, 3] + boxes[:, 8] * regh,
-                boxes[:, 4],
-            ],
-            axis=1,
-        )
-        b = _rerec(b)
 
-        # Stage 2: R-Net on 24x24 crops.
-        crops = torch.from_numpy(_crop_batch(img, b, 24)).permute(0, 3, 1, 2)
-        reg_t, prob_t = _rnet(crops, weights["rnet"])
-        score = prob_t[:, 1].numpy()
-        ok = score > thresholds[1]
-        b = np.concatenate([b[ok, :4], score[ok, None]], axis=1)
-        mv = reg_t.numpy()[ok]
-        if len(b) == 0:
-            return []
-        keep = _nms(b[:, :4], b[:, 4], 0.7)
-        b = _rerec(_bbreg(b[keep], mv[keep]))
+_Raw = list[tuple[np.ndarray, float, np.ndarray]]
 
-        # Stage 3: O-Net on 48x48 crops, with landmarks.
-        crops = torch.from_numpy(_crop_batch(img, b, 48)).permute(0, 3, 1, 2)
-        reg_t, pts_t, prob_t = _onet(crops, weights["onet"])
-        score = prob_t[:, 1].numpy()
-        ok = score > thresholds[2]
-        if not ok.any():
-            return []
-        b = np.concatenate([b[ok, :4], score[ok, None]], axis=1)
-        mv = reg_t.numpy()[ok]
-        pts = pts_t.numpy()[ok]
-        wi = b[:, 2] - b[:, 0] + 1
-        hi = b[:, 3] - b[:, 1] + 1
-        px = wi[:, None] * pts[:, :5] + b[:, 0:1] - 1
-        py = hi[:, None] * pts[:, 5:10] + b[:, 1:2] - 1
-        lm = np.stack([px, py], axis=2)
-        b = _bbreg(b, mv)
-        keep = _nms(b[:, :4], b[:, 4], 0.7, mode="min")
+
+def _mtcnn_stages(
+    pixels: _Pixels,
+    scales: list[float],
+    nets: MtcnnNets,
+    thresholds: tuple[float, float, float],
+) -> _Raw:
+    """facenet-pytorch's ``detect_face`` over the pyramid levels ``scales``."""
+    w, h = pixels.det_w, pixels.det_h
+
+    # Stage 1: P-Net over the image pyramid.
+    all_boxes: list[np.ndarray] = []
+    for scale in scales:
+        hs, ws = int(h * scale + 1), int(w * scale + 1)
+        prob, reg = nets.pnet(pixels.level(ws, hs))
+        ys, xs = np.nonzero(prob >= thresholds[0])
+        if len(ys) == 0:
+            continue
+        score = prob[ys, xs]
+        q1x = np.floor((2 * xs + 1) / scale)
+        q1y = np.floor((2 * ys + 1) / scale)
+        q2x = np.floor((2 * xs + 12) / scale)
+        q2y = np.floor((2 * ys + 12) / scale)
+        cand = np.stack([q1x, q1y, q2x, q2y, score], axis=1)
+        cand = np.concatenate([cand, reg[:, ys, xs].T], axis=1)
+        all_boxes.append(cand[_nms(cand[:, :4], cand[:, 4], 0.5)])
+    if not all_boxes:
+        return []
+    boxes = np.concatenate(all_boxes, axis=0)
+    boxes = boxes[_nms(boxes[:, :4], boxes[:, 4], 0.7)]
+    regw = boxes[:, 2] - boxes[:, 0]
+    regh = boxes[:, 3] - boxes[:, 1]
+    b = np.stack(
+        [
+            boxes[:, 0] + boxes[:, 5] * regw,
+            boxes[:, 1] + boxes[:, 6] * regh,
+            boxes[:, 2] + boxes[:, 7] * regw,
+            boxes[:, 3] + boxes[:, 8] * regh,
+            boxes[:, 4],
+        ],
+        axis=1,
+    )
+    b = _rerec(b)
+
+    # Stage 2: R-Net on 24x24 crops.
+    score, reg = nets.rnet(pixels.crops(b, 24))
+    ok = score > thresholds[1]
+    b = np.concatenate([b[ok, :4], score[ok, None]], axis=1)
+    mv = reg[ok]
+    if len(b) == 0:
+        return []
+    keep = _nms(b[:, :4], b[:, 4], 0.7)
+    b = _rerec(_bbreg(b[keep], mv[keep]))
+
+    # Stage 3: O-Net on 48x48 crops, with landmarks.
+    score, reg, pts = nets.onet(pixels.crops(b, 48))
+    ok = score > thresholds[2]
+    if not ok.any():
+        return []
+    b = np.concatenate([b[ok, :4], score[ok, None]], axis=1)
+    mv = reg[ok]
+    pts = pts[ok]
+    wi = b[:, 2] - b[:, 0] + 1
+    hi = b[:, 3] - b[:, 1] + 1
+    px = wi[:, None] * pts[:, :5] + b[:, 0:1] - 1
+    py = hi[:, None] * pts[:, 5:10] + b[:, 1:2] - 1
+    lm = np.stack([px, py], axis=2)
+    b = _bbreg(b, mv)
+    keep = _nms(b[:, :4], b[:, 4], 0.7, mode="min")
     return [(b[i, :4], float(b[i, 4]), lm[i].astype(np.float32)) for i in keep]
+
+
+# Largest-face search: the pyramid levels whose P-Net window is at least this fraction of the
+# image's shorter side (the first fraction that leaves levels on both sides) are searched first:
+# the large faces, a small share of the pixels and of the false candidates ...
+_COARSE_FRACTIONS = (1 / 8, 1 / 4)
+# ... and the other levels are skipped when a face found there has both sides at least this
+# many times their largest window (no face they could find would be larger).
+_SKIP_FINE_FACTOR = 2.0
+
+
+def _mtcnn_detect(
+    rgb: np.ndarray,
+    det_size: tuple[int, int],
+    nets: MtcnnNets,
+    min_face_size: int,
+    thresholds: tuple[float, float, float],
+    factor: float,
+    min_score: float = 0.0,
+    largest_only: bool = False,
+) -> _Raw:
+    """``[(x1y1x2y2 float box, score, (5, 2) landmarks), ...]`` in detection-image pixels.
+
+    facenet-pytorch's ``detect_face``, with the pixels read from ``rgb`` at ``det_size``
+    (see :class:`_Pixels`) and the networks behind :class:`MtcnnNets`.
+
+    With ``largest_only`` the answer is meant for the largest face alone: the coarse pyramid
+    levels (large faces: P-Net's window at least ``_COARSE_FRACTIONS`` of the shorter side)
+    are searched first, and when they find a face (scoring ``min_score`` or more) at least
+    ``_SKIP_FINE_FACTOR`` times the fine levels' largest window, the fine levels, which hold
+    most of the pixels and most of the false candidates, are skipped: no face they could find
+    would be larger. Otherwise every level is searched, as without ``largest_only``.
+    """
+    w, h = det_size
+    pixels = _Pixels(rgb, w, h)
+    scales = _pyramid_scales(h, w, min_face_size, factor)
+    if largest_only:
+        for fraction in _COARSE_FRACTIONS:
+            split = 12.0 / (fraction * min(h, w))  # scales above this are fine
+            coarse = [s for s in scales if s <= split]
+            fine = [s for s in scales if s > split]
+            if not coarse or not fine:
+                continue
+            found = [
+                f for f in _mtcnn_stages(pixels, coarse, nets, thresholds) if f[1] >= min_score
+            ]
+            if found:
+                box = max(found, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))[0]
+                side = min(box[2] - box[0], box[3] - box[1])
+                if side >= _SKIP_FINE_FACTOR * 12.0 / min(fine):
+                    return found
+            break
+    return _mtcnn_stages(pixels, scales, nets, thresholds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +581,9 @@ class FaceDetector:
             mapped back to the original image). ``None`` disables it.
         thresholds: MTCNN P/R/O-Net score thresholds.
         min_score: faces scoring below this are dropped (MTCNN only).
+        runtime: what runs MTCNN's networks: ``"onnx"`` (ONNX Runtime, one thread per call,
+            no torch on the calling thread), ``"torch"``, or ``"auto"`` (ONNX Runtime where
+            ``onnxruntime`` imports, else torch). The pre- and post-processing are the same.
     """
 
     def __init__(
@@ -364,6 +594,7 @@ class FaceDetector:
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
         min_score: float = 0.9,
+        runtime: Runtime = "auto",
     ) -> None:
         avail = available_backends()
         if backend == "auto":
@@ -382,8 +613,13 @@ class FaceDetector:
         self.factor = float(factor)
         self.min_score = float(min_score)
         self._local = threading.local()
+        self._nets: MtcnnNets | None = None
+        self.runtime: str | None = None
         if backend == "mtcnn":
-            self._weights = _load_mtcnn_weights()
+            if runtime not in ("auto", "onnx", "torch"):
+                raise ValueError(f"unknown MTCNN runtime {runtime!r}")
+            self._nets = _mtcnn_nets(runtime)
+            self.runtime = self._nets.runtime
 
     # -- Haar: one CascadeClassifier set per thread (they are not thread-safe) --
     def _cascades(self) -> list[Any]:
@@ -409,8 +645,20 @@ class FaceDetector:
                 return [Face((int(x), int(y), int(w), int(h)), 1.0) for (x, y, w, h) in found]
         return []
 
-    def _detect_mtcnn(self, rgb: np.ndarray) -> list[Face]:
-        raw = _mtcnn_detect(rgb, self._weights, self.min_face_size, self.thresholds, self.factor)
+    def _detect_mtcnn(
+        self, rgb: np.ndarray, det_size: tuple[int, int], largest_only: bool
+    ) -> list[Face]:
+        assert self._nets is not None
+        raw = _mtcnn_detect(
+            rgb,
+            det_size,
+            self._nets,
+            self.min_face_size,
+            self.thresholds,
+            self.factor,
+            min_score=self.min_score,
+            largest_only=largest_only,
+        )
         faces = []
         for box, score, lm in raw:
             if score < self.min_score:
@@ -420,15 +668,32 @@ class FaceDetector:
 
     def detect_faces(self, rgb: np.ndarray) -> list[Face]:
         """All faces, largest first, with scores (and landmarks for MTCNN)."""
+        return self._detect(rgb, largest_only=False)
+
+    def detect_largest(self, rgb: np.ndarray) -> Face | None:
+        """The largest face (the first of :meth:`detect_faces`), or None.
+
+        MTCNN looks for small faces only when it found no clearly larger one, which makes a
+        video frame with a face in it several times cheaper; the face is the one
+        :meth:`detect_faces` finds largest.
+        """
+        faces = self._detect(rgb, largest_only=True)
+        return faces[0] if faces else None
+
+    def _detect(self, rgb: np.ndarray, largest_only: bool) -> list[Face]:
         rgb = _check_rgb(rgb)
         h, w = rgb.shape[:2]
         scale = 1.0
-        img = rgb
+        size = (w, h)
         if self.max_side is not None and max(h, w) > self.max_side:
             scale = self.max_side / max(h, w)
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            img = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        faces = self._detect_mtcnn(img) if self.backend == "mtcnn" else self._detect_haar(img)
+        if self.backend == "mtcnn":
+            # MTCNN reads the pixels at ``size`` itself, without making the downscaled image.
+            faces = self._detect_mtcnn(rgb, size, largest_only)
+        else:
+            img = rgb if size == (w, h) else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            faces = self._detect_haar(img)
         out = []
         for f in faces:
             x, y, bw, bh = (v / scale for v in f.box)
@@ -530,8 +795,7 @@ def largest_face_crop(
     size: int | None = None,
 ) -> np.ndarray | None:
     """Crop of the largest detected face (see :func:`crop_face`), or None if none is found."""
-    boxes = detector.detect(rgb)
-    if not boxes:
+    face = detector.detect_largest(rgb)
+    if face is None:
         return None
-    best = max(boxes, key=lambda b: b[2] * b[3])
-    return crop_face(rgb, best, margin=margin, size=size)
+    return crop_face(rgb, face.box, margin=margin, size=size)
