@@ -16,7 +16,7 @@ from src.serve.logging_setup import setup_logging
 from src.serve.metrics import Metrics
 from src.serve.middleware.allowed_hosts import AllowedHostsMiddleware
 from src.serve.middleware.request_context import RequestContextMiddleware
-from src.serve.routes import api_router
+from src.serve.routes import ROUTERS
 from src.serve.uploads import UploadGate
 
 
@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = None
     install_exception_handlers(app)
-    app.include_router(api_router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
     # Added last, so outermost: refusals from the middleware above carry the request id too.
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

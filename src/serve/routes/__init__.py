@@ -1,12 +1,9 @@
-"""One router module per resource, gathered into ``api_router``."""
+"""One router module per resource; ``ROUTERS`` lists them for the app to include."""
 
 from fastapi import APIRouter
 
 from src.serve.routes import docs, inference, probes
 
-api_router = APIRouter()
-api_router.include_router(probes.router)
-api_router.include_router(inference.router)
-api_router.include_router(docs.router)
+ROUTERS: tuple[APIRouter, ...] = (probes.router, inference.router, docs.router)
 
-__all__ = ["api_router"]
+__all__ = ["ROUTERS"]
