@@ -85,17 +85,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _error(exc: DeepfakeError | OSError) -> int:
+    print(f"error: {exc.message if isinstance(exc, DeepfakeError) else exc}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         path = export_onnx(args.checkpoint, args.out, parity_images=args.parity_images)
         info = read_export(path.read_bytes(), path)
-    except DeepfakeError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (DeepfakeError, OSError) as exc:
+        return _error(exc)
     print(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), an {args.format} export of "
         f"{args.checkpoint} (sha256 {info.checkpoint_sha256[:12]}...)"
@@ -118,12 +119,8 @@ def quantize(args: argparse.Namespace) -> int:
             eval_splits=args.eval_splits,
             calibrate_method=args.calibrate_method,
         )
-    except DeepfakeError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (DeepfakeError, OSError) as exc:
+        return _error(exc)
     print(
         f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB), int8 QDQ per-channel, "
         f"calibrated ({result.calibrate_method}) on {result.calibration_images} images"

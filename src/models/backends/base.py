@@ -8,9 +8,10 @@ explaining backend is one more class with the same four members.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -49,3 +50,30 @@ class Backend(Protocol):
     def score(self, crops: Sequence[np.ndarray]) -> Sequence[FrameScore]:
         """One result per crop, in order."""
         ...
+
+
+class BatchScorer(ABC):
+    """What the backends share: warm-up on blank crops, and one :class:`FrameScore` per crop from
+    a runtime's normalised batch (``prepare_batch``) and fake probabilities."""
+
+    metadata: ModelMetadata
+
+    @abstractmethod
+    def prepare_batch(self, crops: Sequence[np.ndarray]) -> Any:
+        """uint8 SxSx3 crops -> the runtime's normalised batch."""
+
+    @abstractmethod
+    def fake_probabilities(self, batch: Any) -> list[float]:
+        """The fake probability of each item of a prepared batch."""
+
+    def warm_up(self, batch_sizes: Iterable[int]) -> None:
+        size = self.metadata.input_size
+        blank = np.zeros((size, size, 3), dtype=np.uint8)
+        for batch in sorted(set(batch_sizes)):
+            self.score([blank] * batch)
+
+    def score(self, crops: Sequence[np.ndarray]) -> list[FrameScore]:
+        probabilities = self.fake_probabilities(self.prepare_batch(crops))
+        if len(probabilities) != len(crops):
+            raise RuntimeError(f"model returned {len(probabilities)} outputs for {len(crops)}")
+        return [FrameScore(fake_prob=p) for p in probabilities]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from src.core.errors import CheckpointError, ConfigurationError
 from src.core.labels import fake_column
-from src.models.backends.base import BackendInfo, FrameScore
+from src.models.backends.base import BackendInfo, BatchScorer
 from src.models.checkpoint import ModelMetadata
 from src.models.transforms import normalization
 
@@ -172,7 +172,7 @@ def check_export(checkpoint: str | Path, precision: str = "fp32") -> tuple[bytes
 
 
 @dataclass
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BatchScorer):
     """An ONNX Runtime session on the CPU, with the metadata its export carries."""
 
     session: ort.InferenceSession
@@ -189,18 +189,6 @@ class OnnxRuntimeBackend:
     # ------------------------------------------------------------------ Backend
     def describe(self) -> BackendInfo:
         return BackendInfo(backend=self.name, device=DEVICE, metadata=self.metadata)
-
-    def warm_up(self, batch_sizes: Iterable[int]) -> None:
-        size = self.metadata.input_size
-        blank = np.zeros((size, size, 3), dtype=np.uint8)
-        for batch in sorted(set(batch_sizes)):
-            self.score([blank] * batch)
-
-    def score(self, crops: Sequence[np.ndarray]) -> list[FrameScore]:
-        probabilities = self.fake_probabilities(self.prepare_batch(crops))
-        if len(probabilities) != len(crops):
-            raise RuntimeError(f"model returned {len(probabilities)} outputs for {len(crops)}")
-        return [FrameScore(fake_prob=p) for p in probabilities]
 
     # ------------------------------------------------------------------ arrays
     def prepare_batch(self, crops: Sequence[np.ndarray]) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from src.core.errors import CheckpointError
 from src.core.labels import fake_column
-from src.models.backends.base import BackendInfo, FrameScore
+from src.models.backends.base import BackendInfo, BatchScorer
 from src.models.checkpoint import ModelMetadata, read_checkpoint
 from src.models.network import build_model
 from src.models.transforms import normalization, normalize_batch
@@ -23,7 +23,7 @@ NAME = "torch"
 
 
 @dataclass
-class TorchBackend:
+class TorchBackend(BatchScorer):
     """A model in eval mode on its device, with the metadata it was saved with."""
 
     model: nn.Module
@@ -41,18 +41,6 @@ class TorchBackend:
     # ------------------------------------------------------------------ Backend
     def describe(self) -> BackendInfo:
         return BackendInfo(backend=NAME, device=str(self.device), metadata=self.metadata)
-
-    def warm_up(self, batch_sizes: Iterable[int]) -> None:
-        size = self.metadata.input_size
-        blank = np.zeros((size, size, 3), dtype=np.uint8)
-        for batch in sorted(set(batch_sizes)):
-            self.score([blank] * batch)
-
-    def score(self, crops: Sequence[np.ndarray]) -> list[FrameScore]:
-        probabilities = self.fake_probabilities(self.prepare_batch(crops))
-        if len(probabilities) != len(crops):
-            raise RuntimeError(f"model returned {len(probabilities)} outputs for {len(crops)}")
-        return [FrameScore(fake_prob=p) for p in probabilities]
 
     # ------------------------------------------------------------------ tensors
     def prepare_batch(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
