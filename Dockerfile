@@ -32,19 +32,19 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-COPY requirements-serve.txt requirements-nodeps.txt /tmp/
+COPY requirements-serve.txt requirements-torch.txt requirements-nodeps.txt /tmp/
 
 # torch/torchvision first from the selected index (the pins match "2.14.1+cpu"-style
 # local versions there), then everything else; pip keeps the torch already installed.
 RUN set -eu; \
     if [ -n "${TORCH_INDEX_URL}" ]; then \
         echo "Installing torch from ${TORCH_INDEX_URL}"; \
-        grep -E '^(torch|torchvision)==' /tmp/requirements-serve.txt > /tmp/requirements-torch.txt; \
-        pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" -r /tmp/requirements-torch.txt; \
+        grep -E '^(torch|torchvision)==' /tmp/requirements-torch.txt > /tmp/torch-index.txt; \
+        pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" -r /tmp/torch-index.txt; \
     else \
         echo "Installing torch from the default index"; \
     fi; \
-    pip install --no-cache-dir -r /tmp/requirements-serve.txt; \
+    pip install --no-cache-dir -r /tmp/requirements-serve.txt -r /tmp/requirements-torch.txt; \
     pip check; \
     # MTCNN face-detector weights (DFD_FACE_CROP); the package is never imported.
     pip install --no-cache-dir --no-deps \
@@ -72,6 +72,9 @@ RUN groupadd --gid 10001 app \
 WORKDIR /app
 COPY --from=builder /opt/venv /opt/venv
 COPY --chown=root:root src ./src
+# The store's SQLite file, spool, job inputs and recordings (DFD_DATABASE_URL's default, src/store):
+# the one folder the service writes; a volume mounted here keeps them.
+RUN mkdir -p /app/data && chown 10001:10001 /app/data
 
 USER 10001:10001
 EXPOSE 8000

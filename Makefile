@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format typecheck demo-data train-demo evaluate-demo bench hostile gpu-check container-check lint-deploy clean
+.PHONY: setup run test lint format typecheck demo-data demo-videos train-demo calibrate-demo reference-demo evaluate-demo bench hostile bench-video e2e explain-demo bench-explain gpu-check container-check lint-deploy clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
+$(STAMP): requirements.txt requirements-serve.txt requirements-torch.txt requirements-dev.txt \
+		requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -31,6 +32,23 @@ $(DEMO_ONNX): $(DEMO_CKPT) $(STAMP)
 test: setup lint typecheck
 	$(PY) -m pytest --cov=src --cov-report=term-missing:skip-covered
 
+## The web page in Debian's Chromium against a real server (also part of `make test`); installs
+## Chromium when missing. Screenshots: tests/e2e/screenshots/ (git-ignored).
+e2e: setup
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(PY) -m pytest -p no:cacheprovider tests/e2e
+
+## Faithfulness of the explanations on the demo test fakes (the deletion metric), and the example
+## overlays in docs/img (README "See why").
+explain-demo: demo-data
+	$(PY) -m src.train.evaluate --checkpoint $(DEMO_CKPT) --data data/demo --split val test \
+		--explain --overlays docs/img
+
+## Explanation speed: Grad-CAM against /infer's path on one image, LIME and SHAP at their defaults.
+bench-explain: setup $(DEMO_ONNX)
+	$(PY) -m bench.explain --checkpoint $(DEMO_CKPT) --image examples/fake_0.jpg $(BENCH_EXPLAIN_ARGS)
+
 lint: setup
 	$(PY) -m ruff check src tests bench
 	$(PY) -m ruff format --check src tests bench
@@ -49,12 +67,31 @@ clean:
 demo-data: setup
 	$(PY) -m src.data.make_demo --out data/demo --seed 0
 
-## Retrain the demo model (~5 min on 2 CPU cores) and install it as checkpoints/demo/model.pt.
+## Rebuild examples/real_0.mp4 and fake_0.mp4 (a moving camera over a held-out face, and the
+## same shot with the face self-blended the same way every frame); same files every run.
+demo-videos: setup
+	$(PY) -m src.data.make_videos --out examples --seed 0
+
+## Retrain the demo model (~5 min on 2 CPU cores), install it as checkpoints/demo/model.pt and
+## calibrate it (calibrate-demo).
 train-demo: demo-data
 	$(PY) -m src.train --data-dir data/demo --out-dir runs/demo --image-size 160 \
 		--epochs 6 --batch-size 32 --lr 1e-3 --warmup-epochs 0.5 --workers 1 --face-crop \
 		--version 0.1.0-demo --no-progress
 	cp runs/demo/best.pt checkpoints/demo/model.pt
+	$(MAKE) --no-print-directory calibrate-demo
+
+## Temperature scaling fitted on the val split, written into checkpoints/demo/model.pt; the
+## threshold stays 0.5 (why: checkpoints/demo/MODEL_CARD.md, "Calibration"). ~1 min.
+calibrate-demo: demo-data
+	$(PY) -m src.train.calibrate --checkpoint $(DEMO_CKPT) --data data/demo --split val \
+		--threshold-rule keep --report test test_xmanip
+	$(MAKE) --no-print-directory reference-demo
+
+## Drift reference statistics of the val split (features and calibrated fake_prob), written into
+## checkpoints/demo/model.pt's metadata; what GET /monitoring/drift compares traffic with. ~1 min.
+reference-demo: demo-data
+	$(PY) -m src.train.reference --checkpoint $(DEMO_CKPT) --data data/demo --split val
 
 ## Score the demo model on held-out identities (test) and a held-out manipulation (test_xmanip).
 evaluate-demo: demo-data
@@ -76,11 +113,20 @@ $(BENCH_CKPT): | $(STAMP)
 bench: setup $(BENCH_CKPT)
 	$(PY) -m bench --checkpoint $(BENCH_CKPT) --requests 300 --concurrency 1,8,32,128 \
 		--soak 10000 --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m bench.limits --out $(BENCH_OUT)/limits
+	$(PY) -m bench.store --checkpoint $(BENCH_CKPT) --out $(BENCH_OUT)/store
+	$(PY) -m bench.oip --checkpoint $(BENCH_CKPT) --out $(BENCH_OUT)/oip
+	$(MAKE) --no-print-directory bench-explain BENCH_EXPLAIN_ARGS="--json $(BENCH_OUT)/explain.json"
 
 ## Hostile clients (slow uploads, huge headers, silent sockets, decode bombs, deadlines), each
 ## against a fresh service with a normal client measuring; ~3-4 min; a table, never a failure.
 hostile: setup $(BENCH_CKPT)
 	$(PY) -m bench.hostile --checkpoint $(BENCH_CKPT) --out bench/results/hostile
+
+## Videos and batches on the demo model (not in CI; ~2 min): a 10-s 720p clip's upload-to-answer
+## time by stage, single-image latency while videos are scored, a batch of 32 vs one by one.
+bench-video: setup $(DEMO_ONNX)
+	$(PY) -m bench.video --out bench/results/video
 
 ## The CUDA path on a GPU machine: device choice, batched GPU inference, AMP training, benchmark.
 gpu-check: setup

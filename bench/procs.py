@@ -245,6 +245,9 @@ def service_env(args: argparse.Namespace, checkpoint: Path, port: int, queue: in
         "DFD_LOG_LEVEL": "WARNING",
         "DFD_DEVICE": args.device,
         "DFD_FACE_CROP": "off",
+        # The load tests cycle a few frames: with the result cache on, all but the first pass
+        # would be cache hits and the model would go unmeasured (bench.store measures the cache).
+        "DFD_CACHE": "off",
         "DFD_MAX_BATCH_SIZE": str(args.max_batch_size),
         "DFD_BATCH_TIMEOUT_MS": str(args.batch_timeout_ms),
         "DFD_MAX_QUEUE_SIZE": str(queue),

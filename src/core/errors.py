@@ -47,6 +47,12 @@ class AuthenticationError(DeepfakeError):
     code = "unauthorized"
 
 
+class ForbiddenError(DeepfakeError):
+    """This API key may not do that (the route needs a scope the key does not have)."""
+
+    code = "forbidden"
+
+
 class InputError(DeepfakeError):
     """The input cannot be used; sending it again will not help."""
 
@@ -101,6 +107,30 @@ class NoFaceDetectedError(InvalidImageError):
     code = "no_face_detected"
 
 
+class InvalidVideoError(InputError):
+    """The video cannot be decoded."""
+
+    code = "invalid_video"
+
+
+class VideoLimitError(InvalidVideoError):
+    """The video is past one of the configured limits."""
+
+    code = "video_limit_exceeded"
+
+
+class NotFoundError(DeepfakeError):
+    """No such resource, or not one this API key may see."""
+
+    code = "not_found"
+
+
+class InvalidParameterError(InputError):
+    """A query parameter or body field is malformed (a cursor, a filter)."""
+
+    code = "validation_error"
+
+
 class UploadTimeoutError(InputError):
     """The upload did not arrive within the body-read deadline."""
 
@@ -122,6 +152,28 @@ class ServiceUnavailableError(DeepfakeError):
     def __init__(self, message: str | None = None, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RateLimitedError(DeepfakeError):
+    """Too many requests for this key or client; retry later."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailableError(ServiceUnavailableError):
+    """The result store cannot be reached (or is off); inference still works."""
+
+    code = "store_unavailable"
+
+
+class RateLimitStoreUnavailableError(ServiceUnavailableError):
+    """The rate-limit store is unreachable and the service fails closed; retry later."""
+
+    code = "rate_limit_unavailable"
 
 
 class OverloadedError(ServiceUnavailableError):

@@ -5,6 +5,7 @@ Values come from ``DFD_*`` environment variables and a ``.env`` file (see ``.env
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +27,39 @@ from src.core.device import DEVICE_PATTERN, available_cpus, resolve_device
 DEFAULT_DEV_API_KEY = "demo-key"
 MIN_PRODUCTION_KEY_LENGTH = 16
 DEFAULT_CHECKPOINT = Path("checkpoints/demo/model.pt")
+# A model repository holds <model>/<version>/model.pt (src/models/repository.py lists it).
+CHECKPOINT_FILE = "model.pt"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of version directory names: numbers by value ("10" after "9"), text after."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.split(r"(\d+)", version)
+        if part
+    )
+
+
+def repository_checkpoint(root: Path, model: str, version: str | None) -> Path:
+    """The checkpoint ``root/model/version/model.pt``; without ``version``, the highest one."""
+    folder = root / model
+    if version is None:
+        versions = sorted(
+            (path.parent.name for path in folder.glob(f"*/{CHECKPOINT_FILE}") if path.is_file()),
+            key=version_order,
+        )
+        if not versions:
+            raise ValueError(
+                f"no {model}/<version>/{CHECKPOINT_FILE} in the model repository {root}"
+            )
+        version = versions[-1]
+    path = folder / version / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found in the model repository: {path}")
+    return path
+
+
 KNOWN_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
 # The placeholders in deploy/k8s/base/secret.example.yaml (a test keeps the two in step): the
 # example applied as it is must not start a production service. Any key containing
@@ -35,6 +69,34 @@ _PLACEHOLDER_MARK = "replaceme"
 ENV_VARIABLE = "DFD_ENV"
 # A Host header pattern: a name or address without a port, "*" alone, or "*.domain".
 _HOST_PATTERN = re.compile(r"\*|(\*\.)?[a-z0-9_.-]+|\[[0-9a-f:.]+\]")
+# What a key may do: inference routes; its own results and feedback; models and everyone's results.
+KEY_SCOPES = ("infer", "history", "admin")
+# Rate and quota values that mean "no limit".
+NO_LIMIT = frozenset({"off", "none", "unlimited"})
+# A browser origin for DFD_CORS_ORIGINS: scheme, host and an optional port, no path.
+_ORIGIN_PATTERN = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
+
+def check_rate(value: str | None) -> str | None:
+    """A limit such as ``120/minute`` or ``10000/day`` (the ``limits`` notation), or None for
+    no limit (empty, off, none, unlimited)."""
+    if value is None or value.strip().lower() in NO_LIMIT | {""}:
+        return None
+    from limits import parse
+
+    try:
+        parse(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is no limit like 120/minute or 10000/day") from None
+    return value.strip()
+
+
+def check_scopes(scopes: list[str]) -> list[str]:
+    scopes = [scope.strip().lower() for scope in scopes]
+    unknown = sorted(set(scopes) - set(KEY_SCOPES))
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be a non-empty set of {', '.join(KEY_SCOPES)}: {unknown}")
+    return list(dict.fromkeys(scopes))
 
 
 def _split_csv(value: object) -> object:
@@ -117,6 +179,69 @@ class Settings(BaseSettings):
         description="The first version's MODEL_API_KEY; merged into api_keys.",
     )
 
+    # Keys, scopes and rate limits (src/keys, src/serve/auth.py, src/serve/ratelimit.py)
+    api_key_scopes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["infer", "history"]
+    )
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    keys_file: Path | None = None
+    keys_reload_s: float = Field(default=2.0, ge=0, le=3600)
+    rate_limit: str | None = None
+    quota: str | None = None
+    rate_limit_strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = (
+        "moving-window"
+    )
+    redis_url: str | None = None
+    redis_timeout_s: float = Field(default=0.5, gt=0, le=60)
+    rate_limit_key_prefix: str = Field(default="dfd", pattern=r"^[A-Za-z0-9:._-]{1,64}$")
+    rate_limit_failure_mode: Literal["open", "closed"] = "open"
+    failed_auth_limit: str | None = "20/minute"
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    rate_limit_metric_keys: int = Field(default=20, ge=0, le=1000)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator(
+        "api_key_scopes", "admin_api_keys", "trusted_proxies", "cors_origins", mode="before"
+    )
+    @classmethod
+    def _parse_key_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("rate_limit", "quota", "failed_auth_limit")
+    @classmethod
+    def _rate_syntax(cls, value: str | None) -> str | None:
+        return check_rate(value)
+
+    @field_validator("api_key_scopes")
+    @classmethod
+    def _known_scopes(cls, scopes: list[str]) -> list[str]:
+        return check_scopes(scopes)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return url or None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {proxy!r} is no IP or network") from None
+        return proxies
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origin_syntax(cls, origins: list[str]) -> list[str]:
+        bad = [o for o in origins if o != "*" and not _ORIGIN_PATTERN.fullmatch(o)]
+        if bad:
+            raise ValueError(f"cors_origins {bad} are not origins like https://app.example.com")
+        return origins
+
     # Model
     checkpoint_path: Path = DEFAULT_CHECKPOINT
     backend: Literal["auto", "torch", "onnxruntime"] = "auto"
@@ -125,6 +250,13 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     face_crop: Literal["auto", "on", "off"] = "auto"
     decision_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    # Model repository and OIP. With a repository (<model>/<version>/model.pt) the checkpoint
+    # served is model_name's model_version (default: the highest); without one,
+    # DFD_CHECKPOINT_PATH is a one-model repository. model_name is also the /v2 model's name.
+    model_repository: Path | None = None
+    model_name: str = Field(default="deepfake-detector", pattern=MODEL_NAME_PATTERN)
+    model_version: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
 
     # Uploads
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
@@ -139,6 +271,19 @@ class Settings(BaseSettings):
     min_upload_bytes_per_s: float = Field(default=8192, ge=0)
     decode_budget_pixels: int | None = Field(default=None, ge=1)
 
+    # Videos and batches (POST /infer/video, POST /infer/batch)
+    video_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    video_max_duration_s: float = Field(default=600.0, gt=0)
+    video_max_frame_pixels: int = Field(default=3840 * 2160, ge=256)
+    video_max_frames: int = Field(default=64, ge=1, le=1024)
+    video_default_frames: int = Field(default=32, ge=1, le=1024)
+    video_decode_budget_s: float = Field(default=20.0, gt=0)
+    video_aggregate: Literal["mean", "max", "confident"] = "confident"
+    video_body_timeout_s: float = Field(default=60.0, gt=0)
+    video_timeout_s: float = Field(default=120.0, gt=0)
+    max_batch_items: int = Field(default=32, ge=1, le=1024)
+    max_batch_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
     # Batching and backpressure
     max_batch_size: int | None = Field(default=None, ge=1, le=1024)
     batch_timeout_ms: float = Field(default=5.0, ge=0.0, le=10_000)
@@ -146,6 +291,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     retry_after_s: int = Field(default=1, ge=1, le=3600)
     preprocess_workers: int | None = Field(default=None, ge=1, le=256)
+
+    # Explanations (POST /explain, src/explain): own admission and time limit; capped work
+    max_concurrent_explain: int = Field(default=1, ge=1, le=16)
+    explain_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    explain_ig_steps: int = Field(default=32, ge=2, le=256)
+    explain_lime_samples: int = Field(default=200, ge=10, le=2000)
+    explain_shap_samples: int = Field(default=200, ge=10, le=2000)
+    explain_superpixels: int = Field(default=50, ge=4, le=400)
 
     # Server
     host: str = "127.0.0.1"
@@ -159,6 +312,59 @@ class Settings(BaseSettings):
     keepalive_timeout_s: int = Field(default=5, ge=1, le=3600)
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    # Store, cache and jobs (src/store): history, feedback, result cache, recordings, async jobs
+    store: Literal["on", "off"] = "on"
+    database_url: str = Field(
+        default="sqlite:///data/store.db", pattern=r"^(sqlite|postgresql)(\+\w+)?://"
+    )
+    store_migrate: Literal["auto", "on", "off"] = "auto"
+    store_queue_size: int = Field(default=10_000, ge=1)
+    store_batch_size: int = Field(default=256, ge=1, le=10_000)
+    store_retry_s: float = Field(default=2.0, gt=0, le=3600)
+    spool_path: Path = Path("data/spool/results.jsonl")
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    cache: Literal["auto", "memory", "redis", "off"] = "auto"
+    cache_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    cache_key_prefix: str = Field(default="dfd:result:", pattern=r"^[A-Za-z0-9:._-]{1,64}$")
+    record_inputs: str = Field(default="off", pattern=r"^(off|all|sample:(0?\.\d+|0|1(\.0*)?))$")
+    record_dir: Path = Path("data/recordings")
+    retention_days: float | None = Field(default=None, gt=0)
+    jobs_dir: Path = Path("data/jobs")
+    job_workers: int = Field(default=1, ge=1, le=64)
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
+
+    @property
+    def effective_cache(self) -> Literal["memory", "redis", "off"]:
+        """auto: Redis (shared by replicas) when DFD_REDIS_URL is set, else memory."""
+        if self.cache == "auto":
+            return "redis" if self.redis_url else "memory"
+        return self.cache
+
+    @property
+    def migrate_on_start(self) -> bool:
+        """auto: migrate at start in development; production runs ``python -m src.store
+        migrate`` as a deployment step and refuses to start on an older schema."""
+        return self.store_migrate == "on" or (
+            self.store_migrate == "auto" and self.env == "development"
+        )
+
+    # Monitoring and tracing (src/monitoring): drift against the checkpoint's reference
+    # statistics; tracing is configured by the standard OTEL_* variables (off by default).
+    drift_enabled: bool = True
+    drift_window: int = Field(default=1000, ge=10, le=1_000_000)
+    drift_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    drift_min_samples: int = Field(default=200, ge=1)
+
+    @model_validator(mode="after")
+    def _drift_window_holds_min_samples(self) -> Settings:
+        if self.drift_min_samples > self.drift_window:
+            raise ValueError(
+                f"DFD_DRIFT_MIN_SAMPLES ({self.drift_min_samples}) is larger than DFD_DRIFT_WINDOW "
+                f"({self.drift_window}): no PSI would ever be computed"
+            )
+        return self
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -223,10 +429,14 @@ class Settings(BaseSettings):
     def _check_consistency(self) -> Settings:
         if self.legacy_api_key and self.legacy_api_key not in self.api_keys:
             self.api_keys = [*self.api_keys, self.legacy_api_key]
+        configured_keys = bool(self.api_keys or self.admin_api_keys or self.keys_file)
         if self.env == "production":
-            if not self.api_keys:
-                raise ValueError("production needs DFD_API_KEYS (or MODEL_API_KEY)")
-            for index, key in enumerate(self.api_keys):
+            if not configured_keys:
+                raise ValueError(
+                    "production needs DFD_API_KEYS (or MODEL_API_KEY), DFD_ADMIN_API_KEYS or "
+                    "DFD_KEYS_FILE"
+                )
+            for index, key in enumerate([*self.api_keys, *self.admin_api_keys]):
                 if is_placeholder_key(key):
                     raise ValueError(
                         f"API key #{index + 1} is a placeholder (REPLACE-ME, as in "
@@ -240,12 +450,15 @@ class Settings(BaseSettings):
                         f"API keys must be at least {MIN_PRODUCTION_KEY_LENGTH} characters "
                         "in production"
                     )
-        elif not self.api_keys:
+        elif not configured_keys:
             self.api_keys = [DEFAULT_DEV_API_KEY]
+        self._use_repository()
         if not self.checkpoint_path.is_file():
             raise ValueError(
                 f"checkpoint not found: {self.checkpoint_path} (set DFD_CHECKPOINT_PATH)"
             )
+        if self.cache == "redis" and not self.redis_url:
+            raise ValueError("DFD_CACHE=redis needs DFD_REDIS_URL")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("set both DFD_SSL_CERTFILE and DFD_SSL_KEYFILE, or neither")
         for tls_file in (self.ssl_certfile, self.ssl_keyfile):
@@ -253,6 +466,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"TLS file not found: {tls_file}")
         resolve_device(self.device)
         return self
+
+    def _use_repository(self) -> None:
+        """With DFD_MODEL_REPOSITORY, serve the checkpoint it holds for model_name."""
+        if self.model_repository is None:
+            if self.model_version is not None:
+                raise ValueError("DFD_MODEL_VERSION needs DFD_MODEL_REPOSITORY")
+            return
+        if "checkpoint_path" in self.model_fields_set:
+            raise ValueError("set DFD_MODEL_REPOSITORY or DFD_CHECKPOINT_PATH, not both")
+        if not self.model_repository.is_dir():
+            raise ValueError(f"model repository not found: {self.model_repository}")
+        self.checkpoint_path = repository_checkpoint(
+            self.model_repository, self.model_name, self.model_version
+        )
 
     @cached_property
     def torch_device(self) -> str:
@@ -271,6 +498,11 @@ class Settings(BaseSettings):
         """1.25 x the largest image allowed, unless set: one maximal image decodes at a time,
         with room beside it for ordinary ones."""
         return self.decode_budget_pixels or self.max_image_pixels + self.max_image_pixels // 4
+
+    @property
+    def effective_video_default_frames(self) -> int:
+        """Frames a video request samples unless it says: at most ``video_max_frames``."""
+        return min(self.video_default_frames, self.video_max_frames)
 
     @property
     def effective_torch_threads(self) -> int:

@@ -27,6 +27,7 @@ from src.core.errors import (
 )
 from src.engine.events import EngineEvents
 from src.engine.executors import ModelRunner
+from src.monitoring import tracing
 
 logger = logging.getLogger(__name__)
 In = TypeVar("In")
@@ -55,6 +56,9 @@ class _Job(Generic[In, Out]):
     future: asyncio.Future[Batched[Out]]
     enqueued_at: float
     request_id: str | None
+    # The request's span when it is traced (None: tracing off), and when it queued (wall clock).
+    trace: tracing.ActiveSpan | None = None
+    enqueued_ns: int = 0
 
 
 class Batcher(Generic[In, Out]):
@@ -113,7 +117,10 @@ class Batcher(Generic[In, Out]):
         if self._task is None:
             raise ServiceUnavailableError("the batcher is not running")
         future: asyncio.Future[Batched[Out]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(item, future, time.perf_counter(), current_request_id()))
+        job = _Job(item, future, time.perf_counter(), current_request_id(), tracing.current())
+        if job.trace is not None:
+            job.enqueued_ns = time.time_ns()
+        self._queue.put_nowait(job)
         self._events.queue_depth(self._queue.qsize())
         waiters: set[asyncio.Future[Any]] = {future}
         if disconnected is not None:
@@ -159,9 +166,12 @@ class Batcher(Generic[In, Out]):
         waits = [now - job.enqueued_at for job in jobs]
         for wait in waits:
             self._events.queue_waited(wait)
+        traced = [job for job in jobs if job.trace is not None]
+        started_ns = time.time_ns() if traced else 0
         try:
             values, seconds = await self._runner.run(self._compute, [job.item for job in jobs])
         except Exception:
+            self._trace(traced, len(jobs), started_ns, error=True)
             if len(jobs) == 1:
                 logger.exception("forward pass failed", extra={"request_id": jobs[0].request_id})
                 _fail(jobs[0], InferenceError())
@@ -171,9 +181,30 @@ class Batcher(Generic[In, Out]):
                 await self._run([job])
             return
         self._events.batch_ran(len(jobs), seconds)
+        self._trace(traced, len(jobs), started_ns)
         for job, wait, value in zip(jobs, waits, values, strict=True):
             if not job.future.done():
                 job.future.set_result(Batched(value, len(jobs), wait, seconds))
+
+    def _trace(
+        self, traced: list[_Job[In, Out]], size: int, started_ns: int, *, error: bool = False
+    ) -> None:
+        """Each traced request's queue wait as its child span, and the forward pass as one span
+        linked to every request it served."""
+        if not traced:
+            return
+        ended_ns = time.time_ns()
+        served = [job.trace for job in traced if job.trace is not None]
+        for job in traced:
+            tracing.record_span("queue_wait", job.enqueued_ns, started_ns, parent=job.trace)
+        tracing.record_linked_span(
+            "forward_pass",
+            served,
+            started_ns,
+            ended_ns,
+            {"batch.size": size, "batch.traced_items": len(served), "batcher": self.name},
+            error=error,
+        )
 
     def _compute(self, items: list[In]) -> tuple[Sequence[Out], float]:
         started = time.perf_counter()

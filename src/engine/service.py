@@ -17,25 +17,37 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
-from src.core.errors import ClientDisconnectedError, DeepfakeError, InferenceTimeoutError
+from src.core.aggregate import AggregateRule, aggregate
+from src.core.errors import (
+    ClientDisconnectedError,
+    DeepfakeError,
+    InferenceTimeoutError,
+    InputError,
+)
 from src.core.labels import Label, decide
 from src.engine.admission import Admission
 from src.engine.batcher import Batcher, BatchPolicy
 from src.engine.budget import PixelBudget
 from src.engine.events import EngineEvents, NullEvents
 from src.engine.executors import ModelRunner, run_in
-from src.engine.preprocess import FaceCropper, FramePreparer
+from src.engine.preprocess import FaceCropper, FramePreparer, PreparedImage
+from src.engine.video import PreparedVideo, Stop, decoded_pixels, prepare_video
+from src.media.faces import Face
 from src.media.images import ImageLimits, declared_pixels
+from src.media.video import VideoInfo, VideoLimits, probe_video
 from src.models.backends.base import Backend, BackendInfo, FrameScore
 from src.models.checkpoint import ModelMetadata
+from src.monitoring import tracing
+from src.monitoring.drift import DriftWindow
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class EngineConfig:
     preprocess_workers: int = 2
     retry_after_s: int = 1
     decode_budget_pixels: int = 50_000_000
+    video_limits: VideoLimits = field(default_factory=VideoLimits)
 
 
 @dataclass
@@ -57,6 +70,30 @@ class Prediction:
     preprocess_ms: float
     queue_ms: float
     inference_ms: float
+
+
+@dataclass(frozen=True)
+class FrameVerdict:
+    index: int
+    time_s: float
+    fake_prob: float | None  # None: not scored (the person followed is not in this frame)
+    face: Face | None
+
+
+@dataclass(frozen=True)
+class VideoPrediction:
+    fake_prob: float
+    label: Label
+    aggregate: AggregateRule
+    info: VideoInfo
+    frames: list[FrameVerdict]
+    decode_ms: float
+    detect_ms: float
+    inference_ms: float
+
+    @property
+    def frames_scored(self) -> int:
+        return sum(frame.fake_prob is not None for frame in self.frames)
 
 
 class InferenceService:
@@ -71,19 +108,30 @@ class InferenceService:
         face_cropper: FaceCropper | None = None,
         runner: ModelRunner | None = None,
         release_memory: Callable[[], None] | None = None,
+        monitor: DriftWindow | None = None,
     ) -> None:
         """``runner``: the model thread the backend was loaded on, if any (else a new one).
-        ``release_memory``: returns freed heap to the system; run after large decodes."""
+        ``release_memory``: returns freed heap to the system; run after large decodes.
+        ``monitor``: the drift window each scored image's features and score go to."""
         self.backend = backend
         self.config = config
         self.events: EngineEvents = events or NullEvents()
         self.threshold = backend.metadata.threshold if threshold is None else threshold
-        self.preparer = FramePreparer(backend.metadata, limits, face_cropper)
+        self.monitor = monitor
+        self.preparer = FramePreparer(
+            backend.metadata, limits, face_cropper, measure=monitor is not None
+        )
         self.admission = Admission(config.max_pending, self.events, config.retry_after_s)
         self.runner = runner or ModelRunner()
         self._preprocess_pool: ThreadPoolExecutor | None = None
         self._preprocessing = 0
         self._release_memory = release_memory
+        # Videos preprocess one job each on a preprocessing thread; at most this many at once,
+        # so single images always find a thread free.
+        self._video_slots = asyncio.Semaphore(max(1, config.preprocess_workers - 1))
+        # Items of one batch request decoding or queued at once, so a batch interleaves with
+        # other requests instead of filling the queue ahead of them.
+        self._batch_window = max(2, config.max_batch_size)
         self.decode_budget = PixelBudget(
             config.decode_budget_pixels,
             retry_after_s=config.retry_after_s,
@@ -169,16 +217,20 @@ class InferenceService:
         everything: waiting for decode room, decoding, the queue and the forward pass.
         """
         deadline = self._deadline(deadline)
-        pixels = declared_pixels(data)
+        return await self._guarded(self._decode_and_score(data, deadline), deadline, disconnected)
 
-        async def decode_and_score() -> Prediction:
-            taken = await self.decode_budget.acquire(pixels)
+    async def _decode_and_score(self, data: bytes, deadline: float) -> Prediction:
+        taken = await self.decode_budget.acquire(declared_pixels(data))
+        release = self._budget_release(taken)
+        if not self._observing():
             crop, preprocess_s = await self._prepare(
-                self.preparer.from_bytes, data, deadline, on_done=self._budget_release(taken)
+                self.preparer.from_bytes, data, deadline, on_done=release
             )
             return await self._score(crop, preprocess_s)
-
-        return await self._guarded(decode_and_score(), deadline, disconnected)
+        prepared, preprocess_s = await self._prepare(
+            self.preparer.prepare_bytes, data, deadline, on_done=release
+        )
+        return self._observed(prepared, await self._score(prepared.crop, preprocess_s))
 
     async def predict_array(
         self,
@@ -191,20 +243,149 @@ class InferenceService:
         deadline = self._deadline(deadline)
 
         async def score() -> Prediction:
-            crop, preprocess_s = await self._prepare(self.preparer.from_array, rgb, deadline)
-            return await self._score(crop, preprocess_s)
+            if not self._observing():
+                crop, preprocess_s = await self._prepare(self.preparer.from_array, rgb, deadline)
+                return await self._score(crop, preprocess_s)
+            prepared, preprocess_s = await self._prepare(self.preparer.prepare_array, rgb, deadline)
+            return self._observed(prepared, await self._score(prepared.crop, preprocess_s))
 
         return await self._guarded(score(), deadline, disconnected)
+
+    async def predict_each(
+        self,
+        items: Sequence[bytes],
+        *,
+        deadline: float | None = None,
+        disconnected: asyncio.Future[Any] | None = None,
+    ) -> list[Prediction | InputError]:
+        """Score several uploaded images (a batch request). Call inside ``admit(len(items))``.
+
+        Each item's bad input is its own result (an ``InputError``), never the others'; what
+        ends the whole request (its deadline, the client leaving, overload) raises. At most
+        ``max(2, max_batch_size)`` items are in flight at once, so a batch takes turns with
+        other requests at the preprocessing threads and the batcher.
+        """
+        deadline = self._deadline(deadline)
+        window = asyncio.Semaphore(self._batch_window)
+
+        async def one(data: bytes) -> Prediction | InputError:
+            async with window:
+                try:
+                    return await self._decode_and_score(data, deadline)
+                except InputError as exc:
+                    return exc
+
+        return await self._guarded(
+            _all_or_none([one(data) for data in items]), deadline, disconnected
+        )
+
+    async def predict_video(
+        self,
+        data: bytes,
+        *,
+        frames: int,
+        rule: AggregateRule,
+        deadline: float | None = None,
+        disconnected: asyncio.Future[Any] | None = None,
+    ) -> VideoPrediction:
+        """Decode ``frames`` frames sampled over the video, follow one face, score each crop
+        through the model's batcher, and aggregate by ``rule``. Call inside ``admit(frames)``.
+
+        The decoded frames hold room in the decode budget (frames x width x height, from the
+        stream's header) until the crops are cut; the crops go to the batcher in slices of one
+        batch, so single images queue between them rather than behind the whole video.
+        """
+        deadline = self._deadline(deadline)
+        limits = self.config.video_limits
+
+        async def decode_and_score() -> VideoPrediction:
+            info = await run_in(
+                self._preprocess_pool, _before(deadline, lambda d: probe_video(d, limits)), data
+            )
+            stop = Stop(deadline)
+            async with self._video_slots:
+                taken = await self.decode_budget.acquire(decoded_pixels(info, frames))
+                started_ns = time.time_ns()
+                try:
+                    prepared: PreparedVideo = await run_in(
+                        self._preprocess_pool,
+                        prepare_video,
+                        data,
+                        frames,
+                        limits,
+                        self.preparer,
+                        stop,
+                        on_done=self._budget_release(taken),
+                    )
+                except asyncio.CancelledError:
+                    stop.abandon()
+                    raise
+            tracing.record_span(
+                "video.prepare",
+                started_ns,
+                time.time_ns(),
+                {
+                    "video.frames": frames,
+                    "video.decode_ms": round(prepared.decode_s * 1000, 3),
+                    "video.detect_ms": round(prepared.detect_s * 1000, 3),
+                },
+            )
+            self.events.preprocessed(prepared.decode_s + prepared.detect_s)
+            started = time.perf_counter()
+            scores = await self._score_slices(prepared.crops)
+            inference_s = time.perf_counter() - started
+            return self._video_verdict(prepared, scores, rule, inference_s)
+
+        return await self._guarded(decode_and_score(), deadline, disconnected)
+
+    async def _score_slices(self, crops: list[np.ndarray]) -> list[float]:
+        size = self.config.max_batch_size
+        scores: list[float] = []
+        for start in range(0, len(crops), size):
+            results = await _all_or_none(
+                [self.batcher.submit(crop) for crop in crops[start : start + size]]
+            )
+            scores.extend(result.value.fake_prob for result in results)
+        return scores
+
+    def _video_verdict(
+        self,
+        prepared: PreparedVideo,
+        scores: list[float],
+        rule: AggregateRule,
+        inference_s: float,
+    ) -> VideoPrediction:
+        remaining = iter(scores)
+        frames = [
+            FrameVerdict(
+                frame.index,
+                frame.time_s,
+                None if frame.crop is None else next(remaining),
+                frame.face,
+            )
+            for frame in prepared.frames
+        ]
+        fake_prob = aggregate(scores, rule)
+        return VideoPrediction(
+            fake_prob=fake_prob,
+            label=decide(fake_prob, self.threshold),
+            aggregate=rule,
+            info=prepared.info,
+            frames=frames,
+            decode_ms=prepared.decode_s * 1000,
+            detect_ms=prepared.detect_s * 1000,
+            inference_ms=inference_s * 1000,
+        )
 
     def _deadline(self, deadline: float | None) -> float:
         return time.perf_counter() + self.config.request_timeout_s if deadline is None else deadline
 
     async def _guarded(
         self,
-        work: Coroutine[Any, Any, Prediction],
+        work: Coroutine[Any, Any, T],
         deadline: float,
         disconnected: asyncio.Future[Any] | None,
-    ) -> Prediction:
+    ) -> T:
         """Run ``work`` until it finishes, the deadline passes (504) or the client goes (499);
         cancelling it drops every step not yet started (queued decode jobs, queued crops)."""
         task = asyncio.ensure_future(work)
@@ -226,13 +407,26 @@ class InferenceService:
         self.events.rejected("timeout")
         raise InferenceTimeoutError("the request's deadline passed before its answer was ready")
 
+    def _observing(self) -> bool:
+        """Whether this request's features or stage times are wanted (drift monitoring on, or
+        the request is traced); when not, preparing keeps the crop alone."""
+        return self.monitor is not None or tracing.current() is not None
+
+    def _observed(self, prepared: PreparedImage, prediction: Prediction) -> Prediction:
+        """Hand the image's features to the drift window and its stages to the trace."""
+        if self.monitor is not None and prepared.features is not None:
+            self.monitor.record(prepared.features, prediction.fake_prob)
+        for stage in prepared.stages:
+            tracing.record_span(stage.name, stage.start_ns, stage.end_ns)
+        return prediction
+
     async def _prepare(
         self,
-        prepare: Callable[[Any], np.ndarray],
+        prepare: Callable[[Any], P],
         payload: Any,
         deadline: float,
         on_done: Callable[[], None] | None = None,
-    ) -> tuple[np.ndarray, float]:
+    ) -> tuple[P, float]:
         """Run ``prepare`` on a preprocessing thread; ``on_done`` runs (on the loop) once that
         thread is finished with it, or it was dropped before starting, even if the caller has
         given up meanwhile."""
@@ -280,3 +474,15 @@ def _before(deadline: float, fn: Callable[[Any], T]) -> Callable[[Any], T]:
         return fn(payload)
 
     return guarded
+
+
+async def _all_or_none(works: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Every result in order; when one fails, the others are cancelled (not left running for
+    nobody) and its error is raised."""
+    tasks = [asyncio.ensure_future(work) for work in works]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise

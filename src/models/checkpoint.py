@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -31,8 +31,35 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class Calibration(BaseModel):
+    """How a checkpoint's ``temperature`` and ``threshold`` were fitted (``src.train.calibrate``).
+
+    ``*_before`` figures are the uncalibrated model's (temperature 1) on the same images, so a
+    reader sees what the fit bought without re-running it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["temperature_scaling"] = "temperature_scaling"
+    split: str
+    n: int = Field(ge=1)
+    n_fake: int = Field(ge=0)
+    nll_before: float
+    nll_after: float
+    ece_before: float
+    ece_after: float
+    threshold_rule: str
+    threshold_before: float = Field(ge=0.0, le=1.0)
+    data: str | None = None
+    fitted_at: str | None = None
+
+
 class ModelMetadata(BaseModel):
-    """What a checkpoint says about itself."""
+    """What a checkpoint says about itself.
+
+    ``temperature`` divides the logits before the softmax in every backend (1: as trained);
+    checkpoints written before it existed load with 1.
+    """
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
@@ -43,6 +70,8 @@ class ModelMetadata(BaseModel):
     std: tuple[float, float, float] = IMAGENET_STD
     version: str = "0.0.0"
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    temperature: float = Field(default=1.0, gt=0.0, le=1000.0, allow_inf_nan=False)
+    calibration: Calibration | None = None
     face_crop: bool = False
     face_margin: float = Field(default=1.3, ge=1.0, le=3.0)
     metrics: dict[str, float] = Field(default_factory=dict)

@@ -36,6 +36,10 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         "access_log": False,  # the request middleware writes the access line
         "timeout_graceful_shutdown": settings.drain_timeout_s,
         "server_header": False,
+        # X-Forwarded-For is believed only from DFD_TRUSTED_PROXIES, by the service itself
+        # (src/serve/ratelimit.py client_address); uvicorn's own handling would believe it from
+        # loopback and rewrite the client address first.
+        "proxy_headers": False,
         # httptools (the fast parser) with a cap on the request head and a deadline for it; a
         # partial of a module-level class pickles, so it also reaches the workers of workers > 1.
         "http": functools.partial(

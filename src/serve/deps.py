@@ -2,66 +2,55 @@
 
 They are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency on its thread pool,
 which would cost a thread hop per dependency for what are attribute reads and a hash.
+
+Who is calling: ``InferCallerDep`` (also ``CallerDep``), ``HistoryCallerDep`` and
+``AdminCallerDep`` authenticate the ``X-API-Key`` (401 without a valid one; 429 once the client
+address has failed too often) and check the route's scope (403 outside it). The caller lands on
+``request.state.caller`` for the access log, the rate limiter and the ``RateLimit`` headers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from dataclasses import dataclass
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from src.core.errors import AuthenticationError, ServiceUnavailableError
+from src.core.errors import (
+    AuthenticationError,
+    ForbiddenError,
+    RateLimitedError,
+    ServiceUnavailableError,
+)
 from src.core.settings import Settings
 from src.engine.service import InferenceService
+from src.serve.auth import ALL_SCOPES, REFUSAL_MESSAGES, Caller, KeyRing, require_scope
+from src.serve.metrics import Metrics
+from src.serve.ratelimit import FailedAuthLimiter, RateLimits
 from src.serve.uploads import UploadGate
 
-KEY_ID_HEX_CHARS = 16
-ALL_SCOPES = frozenset({"infer"})
+__all__ = [
+    "ALL_SCOPES",
+    "AdminCallerDep",
+    "Caller",
+    "CallerDep",
+    "HistoryCallerDep",
+    "InferCallerDep",
+    "KeyRing",
+    "ServiceDep",
+    "SettingsDep",
+    "UploadGateDep",
+]
+
+audit_logger = logging.getLogger("src.audit")
 
 api_key_header = APIKeyHeader(
     name="X-API-Key",
     auto_error=False,
-    description="One of the keys in DFD_API_KEYS (several may be valid at once for rotation).",
+    description="An API key: one made with `python -m src.keys create`, or one of DFD_API_KEYS "
+    "(several may be valid at once for rotation).",
 )
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who sent the request: a key id (a prefix of the key's SHA-256, never the key) and what
-    that key may do."""
-
-    key_id: str
-    scopes: frozenset[str] = ALL_SCOPES
-
-
-@dataclass(frozen=True)
-class KeyRing:
-    """The valid keys, held as SHA-256 digests only."""
-
-    digests: tuple[bytes, ...]
-
-    @classmethod
-    def from_keys(cls, keys: list[str]) -> KeyRing:
-        return cls(tuple(_digest(key) for key in keys))
-
-    def identify(self, candidate: str | None) -> Caller | None:
-        """The caller holding ``candidate``, or None. Compares against every key in constant
-        time (digests make the lengths equal), so timing says nothing about which one matched."""
-        if not candidate:
-            return None
-        probe = _digest(candidate)
-        matched = False
-        for digest in self.digests:
-            matched |= hmac.compare_digest(probe, digest)
-        return Caller(key_id=probe.hex()[:KEY_ID_HEX_CHARS]) if matched else None
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
 
 
 def ready_service(request: Request, arrived_at: float | None = None) -> InferenceService:
@@ -88,13 +77,63 @@ async def get_service(request: Request) -> InferenceService:
     return ready_service(request, getattr(request.state, "arrived_at", None))
 
 
+async def authenticate(request: Request, api_key: str | None) -> Caller:
+    """The caller holding ``api_key``. A client address past its failed-authentication limit
+    is refused (429) before its key is even looked at."""
+    state = request.app.state
+    metrics: Metrics = state.metrics
+    failed_auth: FailedAuthLimiter = state.rate_limits.failed_auth
+    address = failed_auth.address(request.scope)
+    try:
+        failed_auth.check(address)
+    except RateLimitedError:
+        metrics.auth_refusals.labels(reason="address_limited").inc()
+        raise
+    ring: KeyRing = state.key_ring
+    caller, outcome = ring.check(api_key)
+    if caller is None:
+        metrics.auth_refusals.labels(reason=outcome).inc()
+        await failed_auth.failed(address)
+        raise AuthenticationError(REFUSAL_MESSAGES[outcome])
+    request.state.caller = caller
+    return caller
+
+
+async def _scoped(request: Request, api_key: str | None, scope: str) -> Caller:
+    caller = await authenticate(request, api_key)
+    try:
+        return require_scope(caller, scope)
+    except ForbiddenError:
+        request.app.state.metrics.auth_refusals.labels(reason="scope").inc()
+        raise
+
+
 async def get_caller(
     request: Request, api_key: Annotated[str | None, Security(api_key_header)]
 ) -> Caller:
-    caller: Caller | None = request.app.state.key_ring.identify(api_key)
-    if caller is None:
-        raise AuthenticationError()
-    request.state.caller = caller
+    """A caller with the ``infer`` scope (the inference routes)."""
+    return await _scoped(request, api_key, "infer")
+
+
+async def get_history_caller(
+    request: Request, api_key: Annotated[str | None, Security(api_key_header)]
+) -> Caller:
+    """A caller with the ``history`` scope (its own results, feedback)."""
+    return await _scoped(request, api_key, "history")
+
+
+async def get_admin_caller(
+    request: Request, api_key: Annotated[str | None, Security(api_key_header)]
+) -> Caller:
+    """A caller with the ``admin`` scope; every admin request writes an audit line."""
+    caller = await _scoped(request, api_key, "admin")
+    audit_logger.info(
+        "admin action: %s %s by %s",
+        request.method,
+        request.url.path,
+        caller.name,
+        extra={"audit": "admin_action", "key_name": caller.name, "key_id": caller.key_id},
+    )
     return caller
 
 
@@ -103,7 +142,16 @@ async def get_upload_gate(request: Request) -> UploadGate:
     return gate
 
 
+async def get_rate_limits(request: Request) -> RateLimits:
+    limits: RateLimits = request.app.state.rate_limits
+    return limits
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 UploadGateDep = Annotated[UploadGate, Depends(get_upload_gate)]
 ServiceDep = Annotated[InferenceService, Depends(get_service)]
-CallerDep = Annotated[Caller, Depends(get_caller)]
+InferCallerDep = Annotated[Caller, Depends(get_caller)]
+HistoryCallerDep = Annotated[Caller, Depends(get_history_caller)]
+AdminCallerDep = Annotated[Caller, Depends(get_admin_caller)]
+CallerDep = InferCallerDep
+RateLimitsDep = Annotated[RateLimits, Depends(get_rate_limits)]

@@ -6,8 +6,10 @@ The mapping lives here, not on the errors, so the engine stays free of HTTP.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -27,12 +29,17 @@ CLIENT_CLOSED_REQUEST = 499
 HTTP_STATUS: dict[type[errors.DeepfakeError], int] = {
     errors.DeepfakeError: 500,
     errors.AuthenticationError: 401,
+    errors.ForbiddenError: 403,
+    errors.RateLimitedError: 429,
     errors.InputError: 400,
     errors.PayloadTooLargeError: 413,
     errors.TooMuchWorkError: 413,
     errors.UploadTimeoutError: 408,
     errors.UnsupportedMediaTypeError: 415,
     errors.InvalidImageError: 422,
+    errors.InvalidVideoError: 422,
+    errors.NotFoundError: 404,
+    errors.InvalidParameterError: 422,
     errors.ClientDisconnectedError: CLIENT_CLOSED_REQUEST,
     errors.ServiceUnavailableError: 503,
     errors.InferenceTimeoutError: 504,
@@ -107,8 +114,32 @@ async def handle_client_disconnect(request: Request, exc: Exception) -> Response
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+OIP_PREFIX = "/v2"  # the Open Inference Protocol: its own error shape, {"error": "message"}
+
+
+def _protocol_shaped(handler: Handler) -> Handler:
+    """``handler``, answering under ``/v2`` in the Open Inference Protocol's error shape (the
+    same status and headers; the message alone as ``error``) and elsewhere as it is."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        response = await handler(request, exc)
+        path = request.url.path
+        if not isinstance(response, JSONResponse) or not (
+            path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+        ):
+            return response
+        error = json.loads(bytes(response.body))["error"]
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        return JSONResponse(
+            {"error": error["message"]}, status_code=response.status_code, headers=headers
+        )
+
+    return handle
+
+
 def install_exception_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(errors.DeepfakeError, handle_service_error)
-    app.add_exception_handler(RequestValidationError, handle_validation_error)
-    app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(errors.DeepfakeError, _protocol_shaped(handle_service_error))
+    app.add_exception_handler(RequestValidationError, _protocol_shaped(handle_validation_error))
+    app.add_exception_handler(StarletteHTTPException, _protocol_shaped(handle_http_error))
     app.add_exception_handler(ClientDisconnect, handle_client_disconnect)

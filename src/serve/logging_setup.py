@@ -1,4 +1,5 @@
-"""JSON logs (python-json-logger), one object per line, each with the current request id.
+"""JSON logs (python-json-logger), one object per line, each with the current request id and,
+when the request is traced, its trace id (``src.monitoring.tracing``).
 
 One record is one line in either format, whatever a client sends: JSON escapes control
 characters itself, and the text format escapes them (``\\n``, ``\\x1b``, ...) in every field, so
@@ -14,18 +15,24 @@ import re
 from typing import Any
 
 from src.core.context import current_request_id
+from src.monitoring.tracing import current_trace_id
 
-TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
-JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(threadName)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s %(trace_id)s] %(message)s"
+JSON_FIELDS = (
+    "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(trace_id)s %(threadName)s"
+)
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every record (None outside a request)."""
+    """Adds ``request_id`` and ``trace_id`` to every record (None outside a request, and
+    ``trace_id`` None while tracing is off)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.__dict__.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate
         if not hasattr(record, "request_id"):
             record.request_id = current_request_id()
+        if not hasattr(record, "trace_id"):
+            record.trace_id = current_trace_id()
         return True
 
 
@@ -62,6 +69,8 @@ class SafeTextFormatter(logging.Formatter):
         safe.msg = record.getMessage()
         safe.args = None
         safe.exc_text = None  # rendered again below, through formatException
+        if getattr(safe, "trace_id", None) is None:
+            safe.trace_id = "-"  # not traced
         for key, value in list(vars(safe).items()):
             if isinstance(value, str) and key != "stack_info":
                 setattr(safe, key, escape_control(value))

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -24,9 +24,11 @@ from src.core.errors import (
     BadRequestError,
     EmptyUploadError,
     InferenceTimeoutError,
+    InputError,
     OverloadedError,
     PayloadTooLargeError,
     ServiceUnavailableError,
+    TooMuchWorkError,
     UploadTimeoutError,
 )
 from src.engine.events import EngineEvents
@@ -34,8 +36,33 @@ from src.engine.events import EngineEvents
 logger = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
-RAW_CONTENT_TYPES = ("image/", "application/octet-stream")
 MULTIPART_ENVELOPE_BYTES = 64 * 1024  # room for the multipart headers and boundaries
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class UploadKind:
+    """What a route accepts: its multipart field, the raw body media types, and the noun its
+    messages use."""
+
+    field: str
+    raw_types: tuple[str, ...]
+    noun: str
+
+
+IMAGE_UPLOAD = UploadKind("file", ("image/", "application/octet-stream"), "image")
+VIDEO_UPLOAD = UploadKind("file", ("video/", "application/octet-stream"), "video")
+BATCH_FIELD = "files"
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """One file of a multi-file upload: its bytes, or why it could not be taken (an item
+    error, which fails that item alone)."""
+
+    filename: str | None
+    data: bytes = b""
+    error: InputError | None = None
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:
@@ -151,37 +178,76 @@ class UploadGate:
         max_upload_bytes: int,
         *,
         request_deadline: float,
+        kind: UploadKind = IMAGE_UPLOAD,
+        body_timeout_s: float | None = None,
     ) -> bytes:
-        """Read the upload within ``body_timeout_s`` of its start and before the request's
-        deadline (a ``time.perf_counter()`` value).
+        """The one uploaded file of ``kind``, read under :meth:`within`'s deadlines."""
+        return await self.within(
+            upload,
+            request,
+            read_upload(request, max_upload_bytes, upload, kind),
+            request_deadline=request_deadline,
+            body_timeout_s=body_timeout_s,
+        )
+
+    async def receive_files(
+        self,
+        upload: Upload,
+        request: Request,
+        *,
+        max_items: int,
+        max_item_bytes: int,
+        max_total_bytes: int,
+        request_deadline: float,
+    ) -> list[UploadedFile]:
+        """The repeated multipart field ``files``, read under :meth:`within`'s deadlines."""
+        return await self.within(
+            upload,
+            request,
+            read_files(request, upload, max_items, max_item_bytes, max_total_bytes),
+            request_deadline=request_deadline,
+        )
+
+    async def within(
+        self,
+        upload: Upload,
+        request: Request,
+        reading: Coroutine[Any, Any, T],
+        *,
+        request_deadline: float,
+        body_timeout_s: float | None = None,
+    ) -> T:
+        """Run ``reading`` within ``body_timeout_s`` (default: the gate's) of the upload's start
+        and before the request's deadline (a ``time.perf_counter()`` value).
 
         The body deadline passing first, or an eviction, is the client's fault (408); the
         request's end-to-end deadline passing first is a 504; a drain that ends the upload is a
         503.
         """
-        body_deadline = upload.started + self.body_timeout_s
+        body_timeout_s = self.body_timeout_s if body_timeout_s is None else body_timeout_s
+        body_deadline = upload.started + body_timeout_s
         deadline = min(body_deadline, request_deadline)
-        reading = asyncio.ensure_future(read_upload(request, max_upload_bytes, upload))
+        task = asyncio.ensure_future(reading)
         stops = {
             asyncio.ensure_future(self._closing.wait()),
             asyncio.ensure_future(upload.evicted.wait()),
         }
         try:
             done, _ = await asyncio.wait(
-                {reading, *stops},
+                {task, *stops},
                 timeout=max(0.0, deadline - time.perf_counter()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             for stop in stops:
                 stop.cancel()
-        if reading in done:
-            data = reading.result()
+        if task in done:
+            data = task.result()
             request.state.body_complete = True
             return data
-        reading.cancel()
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reading
+            await task
         if self._closing.is_set():
             raise ServiceUnavailableError(
                 "the service is shutting down", retry_after_s=self.retry_after_s
@@ -192,7 +258,7 @@ class UploadGate:
                 "uploads waited"
             )
         if body_deadline <= request_deadline:
-            raise UploadTimeoutError(f"the upload did not arrive within {self.body_timeout_s:g} s")
+            raise UploadTimeoutError(f"the upload did not arrive within {body_timeout_s:g} s")
         self._events.rejected("timeout")
         raise InferenceTimeoutError("the request's deadline passed while its upload arrived")
 
@@ -203,67 +269,133 @@ def media_type(request: Request) -> str:
 
 
 async def read_upload(
-    request: Request, max_upload_bytes: int, upload: Upload | None = None
+    request: Request,
+    max_upload_bytes: int,
+    upload: Upload | None = None,
+    kind: UploadKind = IMAGE_UPLOAD,
 ) -> bytes:
-    """The uploaded image's bytes: multipart field ``file``, or a raw ``image/*`` body.
+    """The uploaded file's bytes: multipart field ``kind.field``, or a raw body of one of
+    ``kind.raw_types``.
 
     A declared Content-Length over the limit is refused before any byte is read; otherwise the
     body is counted as it streams in and refused as soon as it passes the limit.
     """
     content_type = media_type(request)
     is_multipart = content_type == "multipart/form-data"
-    max_body = max_upload_bytes + (MULTIPART_ENVELOPE_BYTES if is_multipart else 0)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_body:
-        raise _too_large(max_upload_bytes)
-    scope = _with_normalised_content_type(request) if is_multipart else request.scope
-    limited = Request(scope, _limited_receive(request.receive, max_body, max_upload_bytes, upload))
+    limited = _limited_request(request, max_upload_bytes, max_upload_bytes, upload, is_multipart)
     if is_multipart:
-        return await _read_multipart_file(limited, max_upload_bytes)
-    if content_type.startswith(RAW_CONTENT_TYPES):
+        return await _read_multipart_file(limited, max_upload_bytes, kind.field)
+    if content_type.startswith(kind.raw_types):
         data = await limited.body()
         if len(data) > max_upload_bytes:
             raise _too_large(max_upload_bytes)
         if not data:
             raise EmptyUploadError()
         return data
+    raw = " or ".join(f"{t}*" if t.endswith("/") else t for t in kind.raw_types)
     raise BadRequestError(
-        "send the image as multipart/form-data in a field named 'file' "
-        "(or as a raw body with an image/* content type)"
+        f"send the {kind.noun} as multipart/form-data in a field named '{kind.field}' "
+        f"(or as a raw body with a {raw} content type)"
     )
+
+
+async def read_files(
+    request: Request,
+    upload: Upload | None,
+    max_items: int,
+    max_item_bytes: int,
+    max_total_bytes: int,
+) -> list[UploadedFile]:
+    """The files of the repeated multipart field ``files``, in order.
+
+    The request fails (413) when it has more than ``max_items`` files or more than
+    ``max_total_bytes`` in all; a file over ``max_item_bytes`` or empty is an item error.
+    """
+    if media_type(request) != "multipart/form-data":
+        raise BadRequestError(
+            f"send the images as multipart/form-data, each in a field named '{BATCH_FIELD}'"
+        )
+    limited = _limited_request(request, max_total_bytes, max_total_bytes, upload, multipart=True)
+    try:
+        form = await limited.form(max_files=max_items, max_fields=8, max_part_size=64 * 1024)
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise TooMuchWorkError(
+                f"a batch takes at most {max_items} files (DFD_MAX_BATCH_ITEMS)"
+            ) from exc
+        raise BadRequestError(f"malformed multipart body: {exc.message}") from exc
+    try:
+        parts = [part for part in form.getlist(BATCH_FIELD) if isinstance(part, UploadFile)]
+        if not parts:
+            raise BadRequestError(
+                f"the multipart body has no files in fields named '{BATCH_FIELD}'"
+            )
+        files: list[UploadedFile] = []
+        total = 0
+        for part in parts:
+            total += part.size or 0
+            if total > max_total_bytes:  # the files alone, without the multipart envelope
+                raise _too_large(max_total_bytes)
+            try:
+                files.append(UploadedFile(part.filename, await _read_part(part, max_item_bytes)))
+            except (PayloadTooLargeError, EmptyUploadError) as exc:
+                files.append(UploadedFile(part.filename, error=exc))
+        return files
+    finally:
+        await form.close()
+
+
+def _limited_request(
+    request: Request, max_data: int, limit_named: int, upload: Upload | None, multipart: bool
+) -> Request:
+    """``request`` whose body is refused (413, naming ``limit_named``) past ``max_data`` bytes
+    (plus the multipart envelope), by its declared length at once, else as it streams in."""
+    max_body = max_data + (MULTIPART_ENVELOPE_BYTES if multipart else 0)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body:
+        raise _too_large(limit_named)
+    scope = _with_normalised_content_type(request) if multipart else request.scope
+    return Request(scope, _limited_receive(request.receive, max_body, limit_named, upload))
 
 
 def _with_normalised_content_type(request: Request) -> dict[str, Any]:
     """The scope with the media type lower-cased, parameters kept: the multipart parser compares
-    ``multipart/form-data`` exactly, though media types are case-insensitive."""
+    ``multipart/form-data`` exactly, though media types are case-insensitive. Without ``app``,
+    so that Starlette raises the parser's own ``MultiPartException`` (which the callers turn
+    into the right error) instead of a generic 400."""
     header = request.headers.get("content-type", "")
     media, sep, params = header.partition(";")
     normalised = (media.strip().lower() + sep + params).encode("latin-1")
     headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-    return {**request.scope, "headers": [*headers, (b"content-type", normalised)]}
+    scope = {key: value for key, value in request.scope.items() if key != "app"}
+    return {**scope, "headers": [*headers, (b"content-type", normalised)]}
 
 
-async def _read_multipart_file(request: Request, limit: int) -> bytes:
+async def _read_multipart_file(request: Request, limit: int, field_name: str) -> bytes:
     try:
         form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
     except MultiPartException as exc:
         raise BadRequestError(f"malformed multipart body: {exc.message}") from exc
     try:
-        upload: Any = form.get("file")
+        upload: Any = form.get(field_name)
         if not isinstance(upload, UploadFile):
-            raise BadRequestError("the multipart body has no file field named 'file'")
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := await upload.read(CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-        if size == 0:
-            raise EmptyUploadError()
-        return b"".join(chunks)
+            raise BadRequestError(f"the multipart body has no file field named '{field_name}'")
+        return await _read_part(upload, limit)
     finally:
         await form.close()
+
+
+async def _read_part(upload: UploadFile, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await upload.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    if size == 0:
+        raise EmptyUploadError()
+    return b"".join(chunks)
 
 
 def watch_disconnect(request: Request) -> asyncio.Future[None]:
@@ -276,3 +408,15 @@ def watch_disconnect(request: Request) -> asyncio.Future[None]:
                 return
 
     return asyncio.ensure_future(wait())
+
+
+async def while_connected(
+    request: Request, work: Callable[[asyncio.Future[None]], Awaitable[T]]
+) -> T:
+    """``work(disconnected)``, with ``disconnected`` completing if the client goes meanwhile
+    (for the engine's ``disconnected=``); the watch ends with the work."""
+    disconnected = watch_disconnect(request)
+    try:
+        return await work(disconnected)
+    finally:
+        disconnected.cancel()

@@ -2,9 +2,14 @@
 
 Each checkpoint is loaded the way the service loads it (:func:`src.models.backends.torch.load`),
 its images are prepared by the checkpoint's own :func:`src.models.transforms.build_preprocess`,
-and its fake probability is read from the column its own ``labels`` name, in any order. Images
-are used as they are on disk: for a ``face_crop`` model they must already be face crops, like the
-training data.
+and its fake probability is read from the column its own ``labels`` name, in any order, after
+the checkpoint's calibrated temperature (the backend's ``fake_probabilities``). Images are used
+as they are on disk: for a ``face_crop`` model they must already be face crops, like the training
+data.
+
+``--videos DIR`` (DeepfakeBench's ``DIR/real``, ``DIR/fake`` layout) scores whole videos the way
+the service does, face crop included, at frame level and per aggregation rule
+(:mod:`src.train.video_eval`).
 """
 
 from __future__ import annotations
@@ -18,16 +23,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from src.core.device import resolve_device
 from src.core.errors import CheckpointError, DatasetError
+from src.core.labels import LABELS
+from src.explain.faithfulness import add_explain_arguments, explain_report
 from src.models.backends import torch as torch_backend
 from src.models.transforms import build_preprocess
+from src.predict.scoring import FACE_CROP_MODES
 from src.train.dataset import FrameDataset, Sample, describe, load_split
 from src.train.metrics import compute_metrics
-from src.train.trainer import predict_fake_probs
+from src.train.video_eval import (
+    LEVEL_METRICS,
+    VideoEvaluation,
+    evaluate_videos,
+    load_videos,
+    log_videos,
+)
 
 TABLE_METRICS = (
     "acc",
@@ -70,9 +85,22 @@ def evaluate_checkpoint(
     loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers
     )
-    labels, probs, _ = predict_fake_probs(backend.model, loader, device, labels=metadata.labels)
+    labels, probs = score_loader(backend, loader)
     metrics = compute_metrics(labels, probs, groups=dataset.groups, threshold=metadata.threshold)
     return Evaluation(str(checkpoint), metadata.version, split, metrics)
+
+
+def score_loader(
+    backend: torch_backend.TorchBackend, loader: DataLoader[tuple[torch.Tensor, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(data labels, fake probabilities)`` over ``loader`` through the backend's own
+    ``fake_probabilities``: the checkpoint's label order and calibrated temperature, as served."""
+    labels: list[int] = []
+    probs: list[float] = []
+    for images, targets in loader:
+        probs += backend.fake_probabilities(images)
+        labels += targets.tolist()
+    return np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
 
 
 def _fmt(value: float | None) -> str:
@@ -106,6 +134,10 @@ def format_table(evaluations: Sequence[Evaluation]) -> str:
     return "\n".join(lines)
 
 
+def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+
+
 def to_json(evaluations: Sequence[Evaluation], data_dir: str | Path) -> dict[str, Any]:
     """JSON-safe results (NaN becomes null)."""
     return {
@@ -115,11 +147,79 @@ def to_json(evaluations: Sequence[Evaluation], data_dir: str | Path) -> dict[str
                 "checkpoint": e.checkpoint,
                 "version": e.version,
                 "split": e.split,
-                "metrics": {k: (None if math.isnan(v) else v) for k, v in e.metrics.items()},
+                "metrics": _json_safe(e.metrics),
             }
             for e in evaluations
         ],
     }
+
+
+def format_video_table(evaluation: VideoEvaluation) -> str:
+    """Metrics as rows, one column per level (frame, then video per aggregation rule)."""
+    levels = list(evaluation.levels)
+    width = max(len("metric"), *map(len, LEVEL_METRICS))
+    widths = [max(len(level), 8) for level in levels]
+    title = f"{Path(evaluation.checkpoint).name} on videos, {evaluation.frames} frames each"
+    lines = [
+        title,
+        "  ".join(
+            ["metric".ljust(width), *(h.rjust(w) for h, w in zip(levels, widths, strict=True))]
+        ),
+    ]
+    for key in LEVEL_METRICS:
+        cells = [
+            _fmt(evaluation.levels[level].get(key)).rjust(w)
+            for level, w in zip(levels, widths, strict=True)
+        ]
+        lines.append("  ".join([key.ljust(width), *cells]))
+    for result in evaluation.failed:
+        error = result.error
+        reason = f"{error.code}: {error.message}" if error else "no frame scored"
+        lines.append(f"not scored: {result.path} ({reason})")
+    return "\n".join(lines)
+
+
+def video_evaluation_json(evaluation: VideoEvaluation) -> dict[str, Any]:
+    """JSON-safe results (NaN becomes null), with every video's scores."""
+    return {
+        "checkpoint": evaluation.checkpoint,
+        "version": evaluation.version,
+        "frames": evaluation.frames,
+        "levels": {level: _json_safe(m) for level, m in evaluation.levels.items()},
+        "videos": [
+            {
+                "path": str(v.video.path),
+                "label": LABELS[v.video.label],
+                "frames_scored": len(v.frame_probs),
+                "frame_mean": float(np.mean(v.frame_probs)),
+                "scores": v.scores,
+            }
+            for v in evaluation.videos
+        ],
+        "failed": [
+            {
+                "path": r.path,
+                "error": None
+                if r.error is None
+                else {"code": r.error.code, "message": r.error.message},
+            }
+            for r in evaluation.failed
+        ],
+    }
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--batch-size``, ``--workers``: how a checkpoint scores a split (shared by
+    ``src.train.calibrate``)."""
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:N or auto (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="inference batch size (default %(default)s)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m src.train.evaluate",
         description="Score one or more checkpoints on data splits: accuracy at the checkpoint's "
         "threshold, ROC AUC, average precision, EER (and its threshold), log loss, at frame "
-        "level and at video/identity level (mean frame score per identity and label). Prints a "
-        "table, then the same numbers as JSON.",
+        "level and at video/identity level (mean frame score per identity and label); with "
+        "--videos, on whole videos: frame level and video level per aggregation rule. Prints "
+        "a table, then the same numbers as JSON.",
     )
     parser.add_argument(
         "--checkpoint",
@@ -139,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data",
-        required=True,
         type=Path,
+        default=None,
         help="data folder: manifest.csv with a split column, or DIR/<split>/{real,fake}",
     )
     parser.add_argument(
@@ -150,14 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="split name(s) to score (default: test); 'all' scores a flat DIR/{real,fake} folder",
     )
     parser.add_argument(
-        "--device", default="cpu", help="cpu, cuda, cuda:N or auto (default %(default)s)"
+        "--videos",
+        type=Path,
+        default=None,
+        help="folder of labelled videos, DeepfakeBench layout: DIR/real/*.mp4 and "
+        "DIR/fake/*.mp4 (searched recursively); frame- and video-level metrics per "
+        "aggregation rule",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="inference batch size (default %(default)s)"
+        "--frames",
+        type=int,
+        default=32,
+        help="frames sampled uniformly over each video (--videos; default %(default)s)",
     )
     parser.add_argument(
-        "--workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)"
+        "--face-crop",
+        choices=FACE_CROP_MODES,
+        default="auto",
+        help="crop the followed face in video frames (--videos); auto: as the checkpoint was "
+        "trained (default %(default)s)",
     )
+    add_scoring_arguments(parser)
+    add_explain_arguments(parser)
     parser.add_argument(
         "--json-out", type=Path, default=None, help="also write the JSON to this file"
     )
@@ -165,29 +280,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data is None and args.videos is None:
+        parser.error("give --data (image splits), --videos (a folder of videos), or both")
+    if args.frames < 1:
+        parser.error(f"--frames must be at least 1, not {args.frames}")
     try:
         device = torch.device(resolve_device(args.device))
-        evaluations: list[Evaluation] = []
-        for split in args.split:
-            samples = load_split(args.data, split)
-            print(f"{split}: {describe(samples)}", file=sys.stderr)
-            for checkpoint in args.checkpoint:
-                evaluations.append(
-                    evaluate_checkpoint(
-                        checkpoint, samples, split, device, args.batch_size, args.workers
-                    )
-                )
+        evaluations = _evaluate_splits(args, device) if args.data is not None else []
+        explained = explain_report(args, device) if args.explain and args.data else None
+        video_evaluations = _evaluate_videos(args, device) if args.videos is not None else []
     except (DatasetError, CheckpointError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_table(evaluations))
-    payload = json.dumps(to_json(evaluations, args.data), indent=2)
-    print(payload)
+    payload: dict[str, Any] = {}
+    if args.data is not None:
+        print(format_table(evaluations))
+        payload.update(to_json(evaluations, args.data))
+    if args.videos is not None:
+        print("\n\n".join(format_video_table(e) for e in video_evaluations))
+        payload["videos"] = str(args.videos)
+        payload["video_results"] = [video_evaluation_json(e) for e in video_evaluations]
+    if explained is not None:
+        print(explained[0])
+        payload.update(explained[1])
+    text = json.dumps(payload, indent=2)
+    print(text)
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(payload + "\n", encoding="utf-8")
+        args.json_out.write_text(text + "\n", encoding="utf-8")
     return 0
+
+
+def _evaluate_splits(args: argparse.Namespace, device: torch.device) -> list[Evaluation]:
+    evaluations: list[Evaluation] = []
+    for split in args.split:
+        samples = load_split(args.data, split)
+        print(f"{split}: {describe(samples)}", file=sys.stderr)
+        for checkpoint in args.checkpoint:
+            evaluations.append(
+                evaluate_checkpoint(
+                    checkpoint, samples, split, device, args.batch_size, args.workers
+                )
+            )
+    return evaluations
+
+
+def _evaluate_videos(args: argparse.Namespace, device: torch.device) -> list[VideoEvaluation]:
+    videos = load_videos(args.videos)
+    log_videos(videos, args.videos)
+    return [
+        evaluate_videos(
+            torch_backend.load(checkpoint, device),
+            videos,
+            checkpoint=str(checkpoint),
+            frames=args.frames,
+            face_crop=args.face_crop,
+            batch_size=args.batch_size,
+        )
+        for checkpoint in args.checkpoint
+    ]
 
 
 if __name__ == "__main__":

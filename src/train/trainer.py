@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from src.core.device import resolve_device
-from src.core.errors import CheckpointError
+from src.core.errors import CheckpointError, DatasetError
 from src.core.labels import LABELS, fake_column
 from src.models.checkpoint import IMAGENET_MEAN, IMAGENET_STD, ModelMetadata
 from src.models.network import build_model
@@ -525,6 +525,27 @@ def _metrics_row(
     }
 
 
+def _store_reference(
+    path: Path,
+    samples: Sequence[Sample],
+    config: TrainConfig,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> None:
+    """The validation distribution of the drift features and fake_prob, into ``best.pt``
+    (``src.train.reference``); a failure costs the drift reference, never the trained model."""
+    from src.train.reference import attach_reference
+
+    try:
+        reference = attach_reference(
+            path, samples, split="val", data=str(config.data_dir), device=str(device)
+        )
+    except (DatasetError, CheckpointError) as exc:
+        log(f"no reference statistics stored: {exc}")
+        return
+    log(f"reference statistics of {reference.n} val images stored in {path}")
+
+
 def fit(config: TrainConfig, log: Callable[[str], None] = print) -> FitResult:
     """Train, validate every epoch, and keep ``best.pt``/``last.pt`` in ``config.out_dir``."""
     device = torch.device(resolve_device(config.device))
@@ -568,6 +589,8 @@ def fit(config: TrainConfig, log: Callable[[str], None] = print) -> FitResult:
             log(_format_summary(epoch, config.epochs, train_stats, val_metrics, seconds, improved))
     if start_epoch >= config.epochs:
         log(f"nothing to do: {resume_path} already finished epoch {start_epoch}")
+    elif saver.best_path is not None:
+        _store_reference(saver.best_path, splits["val"], config, device, log)
     return FitResult(
         out_dir=config.out_dir,
         best_path=saver.best_path,

@@ -532,12 +532,26 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_serve_requirements_match_runtime_pins() -> None:
-    def pins(name: str) -> dict[str, str]:
-        lines = (ROOT / name).read_text().splitlines()
-        pairs = (line.split("#")[0].strip().split("==") for line in lines)
-        return {pair[0].lower(): pair[1] for pair in pairs if len(pair) == 2}
+def _pins(name: str) -> dict[str, str]:
+    lines = (ROOT / name).read_text().splitlines()
+    pairs = (line.split("#")[0].split(";")[0].strip().split("==") for line in lines)
+    return {pair[0].split("[")[0].lower(): pair[1] for pair in pairs if len(pair) == 2}
 
-    serve, runtime = pins("requirements-serve.txt"), pins("requirements.txt")
-    assert {"torch", "torchvision", "fastapi", "uvicorn", "prometheus-client"} <= serve.keys()
-    assert {name: runtime.get(name) for name in serve} == serve
+
+TORCH_FAMILY = {"torch", "torchvision", "timm", "captum"}
+
+
+def test_requirements_split_serving_without_torch_each_pin_written_once() -> None:
+    serve, torch_stack = _pins("requirements-serve.txt"), _pins("requirements-torch.txt")
+    everything = (ROOT / "requirements.txt").read_text().splitlines()
+    rest = _pins("requirements.txt")
+    # The serving set has no torch; the torch stack has it; requirements.txt includes both.
+    assert {"fastapi", "uvicorn", "onnxruntime", "av", "prometheus-client"} <= serve.keys()
+    assert not TORCH_FAMILY & serve.keys()
+    assert {"torch", "torchvision", "timm"} <= torch_stack.keys()
+    assert "-r requirements-serve.txt" in everything
+    assert "-r requirements-torch.txt" in everything
+    # One source of each pin: no package is pinned in two of the files.
+    assert not serve.keys() & torch_stack.keys()
+    assert not rest.keys() & (serve.keys() | torch_stack.keys())
+    assert "requirements-torch.txt" in (ROOT / "Dockerfile").read_text()

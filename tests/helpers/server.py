@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +15,9 @@ import httpx
 
 from tests.helpers import REPO_ROOT
 from tests.helpers.api import TEST_KEY
+
+# Each started server's own data folder, by pid, for stop_server to remove.
+_DATA_DIRS: dict[int, Path] = {}
 
 
 def free_port() -> int:
@@ -24,14 +29,21 @@ def free_port() -> int:
 def start_server(checkpoint: Path, port: int, **settings: str) -> subprocess.Popen[str]:
     """Start the server with a clean ``DFD_*`` environment plus ``settings`` (``DFD_X="1"``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DFD_")}
+    # The store's files go to a folder of this server's (removed by stop_server), never to the
+    # repository's data/; a test sharing a database between servers sets DFD_DATABASE_URL.
+    data = Path(tempfile.mkdtemp(prefix="dfd-server-"))
     env.update(
         DFD_CHECKPOINT_PATH=str(checkpoint),
         DFD_API_KEYS=TEST_KEY,
         DFD_TORCH_THREADS="1",
         DFD_LOG_FORMAT="json",
+        DFD_DATABASE_URL=f"sqlite:///{data / 'store.db'}",
+        DFD_SPOOL_PATH=str(data / "spool" / "results.jsonl"),
+        DFD_JOBS_DIR=str(data / "jobs"),
+        DFD_RECORD_DIR=str(data / "recordings"),
     )
     env.update(settings)
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "src.serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO_ROOT,
         env=env,
@@ -39,6 +51,8 @@ def start_server(checkpoint: Path, port: int, **settings: str) -> subprocess.Pop
         stderr=subprocess.STDOUT,
         text=True,
     )
+    _DATA_DIRS[process.pid] = data
+    return process
 
 
 def wait_ready(base: str, process: subprocess.Popen[str], timeout: float = 120) -> None:
@@ -60,11 +74,16 @@ def wait_ready(base: str, process: subprocess.Popen[str], timeout: float = 120) 
 def stop_server(process: subprocess.Popen[str], timeout: float = 20) -> None:
     """SIGTERM (so the server exits as in production and writes its coverage data), then kill
     if it has not exited within ``timeout``."""
-    if process.poll() is not None:
-        return
-    process.terminate()
     try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+        if process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    finally:
+        data = _DATA_DIRS.pop(process.pid, None)
+        if data is not None and process.poll() is not None:
+            shutil.rmtree(data, ignore_errors=True)

@@ -51,7 +51,9 @@ def wait_until_all_connected(base: str, expected: int, timeout: float = 30) -> N
 def test_sigterm_drains_requests_in_flight_and_exits_zero(slow_checkpoint: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process = start_server(slow_checkpoint, port, DFD_MAX_BATCH_SIZE="1", DFD_DRAIN_TIMEOUT_S="30")
+    process = start_server(
+        slow_checkpoint, port, DFD_MAX_BATCH_SIZE="1", DFD_DRAIN_TIMEOUT_S="30", DFD_CACHE="off"
+    )
     try:
         wait_ready(base, process)
         frame = image_bytes("JPEG", size=(640, 480))

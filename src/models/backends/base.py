@@ -54,9 +54,19 @@ class Backend(Protocol):
 
 class BatchScorer(ABC):
     """What the backends share: warm-up on blank crops, and one :class:`FrameScore` per crop from
-    a runtime's normalised batch (``prepare_batch``) and fake probabilities."""
+    a runtime's normalised batch (``prepare_batch``) and fake probabilities.
+
+    Every runtime's ``predict_proba`` is ``softmax(logits / temperature)``: the checkpoint's
+    calibrated temperature (``python -m src.train.calibrate``) is applied in the one place all
+    callers go through, so serving, export parity, evaluation and ``src.predict`` agree.
+    """
 
     metadata: ModelMetadata
+
+    @property
+    def temperature(self) -> float:
+        """The divisor of the logits before the softmax (1.0 for an uncalibrated checkpoint)."""
+        return self.metadata.temperature
 
     @abstractmethod
     def prepare_batch(self, crops: Sequence[np.ndarray]) -> Any:

@@ -200,9 +200,10 @@ class OnnxRuntimeBackend(BatchScorer):
         return batch
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities, shape (N, num_labels), float32."""
+        """Softmax probabilities of the temperature-scaled logits, shape (N, num_labels),
+        float32 (the temperature comes from the metadata the export records)."""
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        logits = np.asarray(logits, dtype=np.float32)
+        logits = np.asarray(logits, dtype=np.float32) / np.float32(self.temperature)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
         return probabilities

@@ -51,10 +51,11 @@ class TorchBackend(BatchScorer):
 
     @torch.inference_mode()
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities, shape (N, num_labels), on the CPU."""
+        """Softmax probabilities of the temperature-scaled logits, shape (N, num_labels), on the
+        CPU."""
         batch = batch.to(self.device, non_blocking=True, memory_format=self.memory_format)
         logits = self.model(batch)
-        return torch.softmax(logits.float(), dim=1).cpu()
+        return torch.softmax(logits.float() / self.temperature, dim=1).cpu()
 
     def fake_probabilities(self, batch: torch.Tensor) -> list[float]:
         probabilities: list[float] = fake_column(

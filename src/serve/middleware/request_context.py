@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request id, access log and HTTP metrics for every request."""
+"""Pure ASGI middleware: request id, access log, HTTP metrics and (when tracing is on) the
+request's server span for every request."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from src.core.context import request_id_var
+from src.monitoring.tracing import RequestSpan, Tracing
 from src.serve.metrics import Metrics
 from src.serve.schemas import error_body
 
 REQUEST_ID_HEADER = "x-request-id"
+TRACEPARENT_HEADER = b"traceparent"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_logger = logging.getLogger("src.access")
 logger = logging.getLogger(__name__)
@@ -37,11 +40,16 @@ def route_template(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Keeps or makes an ``X-Request-ID``, echoes it, logs one access line and counts metrics."""
+    """Keeps or makes an ``X-Request-ID``, echoes it, logs one access line and counts metrics.
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    With ``tracing``, each request also gets a server span (continuing the caller's W3C
+    ``traceparent``), answers with its own ``traceparent``, and its trace id goes on every log
+    line and as an exemplar on the latency histogram. Without, no span object is made."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, tracing: Tracing | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,6 +63,10 @@ class RequestContextMiddleware:
         state["arrived_at"] = started
         status = 500
         status_sent = False
+        span: RequestSpan | None = None
+        if self.tracing is not None:
+            span = self.tracing.request_span(scope, request_id).activate()
+            receive = span.wrap_receive(receive)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, status_sent
@@ -64,6 +76,8 @@ class RequestContextMiddleware:
                     (k, v) for k, v in message.get("headers", []) if k != REQUEST_ID_HEADER.encode()
                 ]
                 headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                if span is not None:
+                    headers.append((TRACEPARENT_HEADER, span.traceparent.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -87,7 +101,8 @@ class RequestContextMiddleware:
             route = route_template(scope)
             method = scope.get("method", "")
             self.metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
-            self.metrics.http_latency.labels(method=method, route=route).observe(duration)
+            exemplar = {"trace_id": span.trace_id} if span is not None and span.sampled else None
+            self.metrics.http_latency.labels(method=method, route=route).observe(duration, exemplar)
             extra: dict[str, Any] = {
                 "method": method,
                 "path": scope.get("path", ""),
@@ -97,4 +112,6 @@ class RequestContextMiddleware:
                 "key_id": getattr(state.get("caller"), "key_id", None),
             }
             access_logger.info("%s %s %s", method, scope.get("path", ""), status, extra=extra)
+            if span is not None:
+                span.finish(status, route)
             request_id_var.reset(token)

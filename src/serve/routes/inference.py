@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
+from src.core.labels import decide
 from src.engine.service import Prediction
 from src.serve.deps import CallerDep, ServiceDep, SettingsDep, UploadGateDep
+from src.serve.ratelimit import charge
 from src.serve.routes.openapi import IMAGE_UPLOAD_BODY, error_responses
+from src.serve.routes.predictions import look_up, remember, store_result
 from src.serve.schemas import InferenceResponse, Timings
-from src.serve.uploads import watch_disconnect
+from src.serve.uploads import while_connected
 
 router = APIRouter(tags=["inference"])
 
@@ -18,11 +22,12 @@ router = APIRouter(tags=["inference"])
 @router.post(
     "/infer",
     response_model=InferenceResponse,
-    responses=error_responses(400, 401, 408, 413, 415, 422, 503, 504),
+    responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503, 504),
     openapi_extra=IMAGE_UPLOAD_BODY,
 )
 async def infer(
     request: Request,
+    response: Response,
     caller: CallerDep,
     service: ServiceDep,
     settings: SettingsDep,
@@ -31,24 +36,81 @@ async def infer(
     """Score one frame: is it real or fake?
 
     Send the image as multipart field `file` (or as a raw `image/*` body) with `X-API-Key`.
+    The same bytes sent again to the same model are answered from the result cache
+    (`X-Cache: hit`); every answer is kept in the history (`GET /predictions/{request_id}`).
     """
+    await charge(request, 1)  # before the body is read: a refused request costs no upload
     arrived_at: float = request.state.arrived_at
     deadline = arrived_at + settings.request_timeout_s
     async with uploads.hold() as upload:
         data = await uploads.receive(
             upload, request, settings.max_upload_bytes, request_deadline=deadline
         )
+    read_at = time.perf_counter()
+    lookup = await look_up(request, data)
+    response.headers["X-Cache"] = lookup.header
+    if lookup.value is not None:
+        answer = _cached_response(request, service, lookup.value, read_at)
+    else:
+        answer = await _score(request, service, data, arrived_at, deadline)
+        remember(request, lookup, _cache_value(answer))
+    request.app.state.metrics.prediction_made(answer.label, answer.fake_prob)
+    store_result(
+        request,
+        lookup,
+        data,
+        kind="image",
+        fake_prob=answer.fake_prob,
+        label=answer.label,
+        threshold=answer.threshold,
+        model_name=answer.model_architecture,
+        model_version=answer.model_version,
+        timings=answer.timings.model_dump(),
+    )
+    return answer
+
+
+async def _score(
+    request: Request, service: ServiceDep, data: bytes, arrived_at: float, deadline: float
+) -> InferenceResponse:
     with service.admit(1, arrived_at=arrived_at):
         started = time.perf_counter()
-        disconnected = watch_disconnect(request)
-        try:
-            prediction = await service.predict_bytes(
-                data, deadline=deadline, disconnected=disconnected
-            )
-        finally:
-            disconnected.cancel()
-    request.app.state.metrics.prediction_made(prediction.label, prediction.fake_prob)
+        prediction = await while_connected(
+            request,
+            lambda gone: service.predict_bytes(data, deadline=deadline, disconnected=gone),
+        )
     return _response(request, service, prediction, started)
+
+
+def _cache_value(answer: InferenceResponse) -> dict[str, Any]:
+    """What the cache keeps: the score, not the label (decided again with the threshold)."""
+    return {
+        "fake_prob": answer.fake_prob,
+        "model_version": answer.model_version,
+        "model_architecture": answer.model_architecture,
+    }
+
+
+def _cached_response(
+    request: Request, service: ServiceDep, value: dict[str, Any], started: float
+) -> InferenceResponse:
+    fake_prob = float(value["fake_prob"])
+    return InferenceResponse(
+        request_id=request.state.request_id,
+        fake_prob=fake_prob,
+        real_prob=round(1.0 - fake_prob, 6),
+        label=decide(fake_prob, service.threshold),
+        threshold=service.threshold,
+        model_version=value["model_version"],
+        model_architecture=value["model_architecture"],
+        timings=Timings(
+            preprocess_ms=0.0,
+            queue_ms=0.0,
+            inference_ms=0.0,
+            total_ms=round((time.perf_counter() - started) * 1000, 3),
+            batch_size=0,
+        ),
+    )
 
 
 def _response(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,24 @@ def test_available_cpus_respects_a_container_cpu_limit(
     assert config.available_cpus() == affinity
     cpu_max.write_text("garbage\n")
     assert config.available_cpus() == affinity
+
+
+def test_auto_is_the_cpu_without_a_driver_and_without_importing_torch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from src.core import device
+
+    monkeypatch.setattr(device, "nvidia_driver_present", lambda: False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # importing torch now fails
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_cuda_without_torch_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from src.core import device
+
+    monkeypatch.setattr(device, "nvidia_driver_present", lambda: True)
+    monkeypatch.setattr(device.importlib.util, "find_spec", lambda name: None)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ValueError, match="PyTorch is not installed"):
+        resolve_device("cuda")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,42 +17,20 @@ from src.core.errors import (
     ServiceUnavailableError,
 )
 from src.core.settings import Settings
-from src.engine.service import EngineConfig, InferenceService
-from src.media.images import ImageLimits
+from src.engine.service import InferenceService
 from src.models.backends import Backend
 from src.serve.app import create_app
-from src.serve.metrics import Metrics
 from tests.helpers.api import AUTH, assert_error, started_client
 from tests.helpers.backends import ScriptedBackend
 from tests.helpers.images import image_bytes, infer_files
 
 pytestmark = pytest.mark.anyio
-LIMITS = ImageLimits(frozenset({"JPEG", "PNG"}), 1_000_000, 10_000_000, 5000, 8)
 WHITE_MEAN = 250.0  # only an all-white crop is this bright
 
 
 def frames(count: int) -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     return [rng.integers(0, 255, size=(40 + i, 50, 3), dtype=np.uint8) for i in range(count)]
-
-
-@pytest.fixture
-async def make_service(checkpoint_path: Path) -> AsyncIterator[Callable[..., InferenceService]]:
-    services: list[InferenceService] = []
-
-    def factory(backend: Backend | None = None, **config: object) -> InferenceService:
-        service = InferenceService(
-            backend or ScriptedBackend(checkpoint_path),
-            EngineConfig(**{"preprocess_workers": 2, **config}),  # type: ignore[arg-type]
-            LIMITS,
-            Metrics(),
-        )
-        services.append(service)
-        return service
-
-    yield factory
-    for service in services:
-        await service.stop()
 
 
 async def score_all(service: InferenceService, images: list[np.ndarray]) -> list[float]:
