@@ -26,6 +26,8 @@ from src.store.spool import Spool
 
 logger = logging.getLogger(__name__)
 POLL_S = 0.5
+# How long the writer waits for more rows once one is queued: fewer, larger commits.
+LINGER_S = 0.05
 
 
 class StoreEvents(Protocol):
@@ -138,6 +140,9 @@ class ResultWriter:
                 self._idle_work()
 
     def _take_batch(self, wait_s: float) -> list[PredictionRecord]:
+        """The next batch: what is queued, after lingering up to ``LINGER_S`` for more (one
+        commit of many rows costs far less than many commits of one), unless a flush or the
+        stop asks for the queue now."""
         try:
             first = self._queue.get(timeout=wait_s)
         except queue.Empty:
@@ -145,7 +150,23 @@ class ResultWriter:
         if first is None:
             self._queue.task_done()
             return self._drain_queue(self.batch_size)
-        return [first, *self._drain_queue(self.batch_size - 1)]
+        batch = [first]
+        deadline = time.monotonic() + (0.0 if self._stop.is_set() else LINGER_S)
+        while len(batch) < self.batch_size:
+            batch.extend(self._drain_queue(self.batch_size - len(batch)))
+            remaining = deadline - time.monotonic()
+            if len(batch) >= self.batch_size or remaining <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if item is None:  # a flush (or the stop) wants the queue written now
+                self._queue.task_done()
+                batch.extend(self._drain_queue(self.batch_size - len(batch)))
+                break
+            batch.append(item)
+        return batch
 
     def _drain_queue(self, limit: int) -> list[PredictionRecord]:
         batch: list[PredictionRecord] = []
