@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format typecheck demo-data demo-videos train-demo calibrate-demo reference-demo evaluate-demo bench hostile bench-video e2e explain-demo bench-explain gpu-check container-check lint-deploy clean
+.PHONY: setup run test test-tools lint format typecheck demo-data demo-videos train-demo calibrate-demo reference-demo evaluate-demo bench hostile bench-video e2e explain-demo bench-explain gpu-check container-check lint-deploy clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,14 @@ $(DEMO_ONNX): $(DEMO_CKPT) $(STAMP)
 	$(PY) -m src.export --checkpoint $(DEMO_CKPT)
 
 ## Lint, type-check and run the whole test suite with coverage.
-test: setup lint typecheck
+## Debian's tools the tests drive: Chromium (tests/e2e, through Playwright) and promtool (the
+## prometheus package: tests/deploy/test_alert_rules.py); installed when missing (needs root).
+test-tools:
+	@command -v chromium >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		chromium prometheus >/dev/null)
+
+test: setup test-tools lint typecheck
 	$(PY) -m pytest --cov=src --cov-report=term-missing:skip-covered
 
 ## The web page in Debian's Chromium against a real server (also part of `make test`); installs

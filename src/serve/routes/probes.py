@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from src.serve.deps import ready_service
+from src.serve.metrics import exposition
 from src.serve.routes.openapi import error_responses
 from src.serve.schemas import HealthResponse, ReadinessResponse
 
@@ -32,6 +32,9 @@ async def ready(request: Request) -> ReadinessResponse:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics in the text exposition format."""
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics: the text exposition format, or OpenMetrics (with exemplars: the trace
+    id of a request on the latency histograms) when the scraper's ``Accept`` asks for it."""
+    body, content_type = exposition(
+        request.app.state.metrics.registry, request.headers.get("accept")
+    )
+    return Response(body, media_type=content_type)

@@ -125,3 +125,13 @@ def test_a_window_smaller_than_the_minimum_sample_is_refused_at_start(
 ) -> None:
     with pytest.raises(ValueError, match="DFD_DRIFT_MIN_SAMPLES"):
         settings_factory(drift_window=50, drift_min_samples=100)
+
+
+async def test_metrics_speak_openmetrics_when_asked(client: httpx.AsyncClient) -> None:
+    classic = await client.get("/metrics")
+    assert classic.headers["content-type"].startswith("text/plain")
+    open_metrics = await client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert open_metrics.text.rstrip().endswith("# EOF")
