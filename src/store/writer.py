@@ -21,6 +21,7 @@ from typing import Protocol
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from src.monitoring import tracing
 from src.store.repository import PredictionRecord, insert_predictions
 from src.store.spool import Spool
 
@@ -71,6 +72,9 @@ class ResultWriter:
         # None is the stop sentinel, so stopping does not wait out a poll.
         self._queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
         self._pending: dict[str, PredictionRecord] = {}
+        # The request span each traced record came from (only while tracing is on): the
+        # batch's "store.write" span links to them, as a forward pass does.
+        self._traces: dict[str, tracing.ActiveSpan] = {}
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,8 +87,11 @@ class ResultWriter:
     def submit(self, record: PredictionRecord) -> None:
         """Hand a result over; returns at once. When the queue is full the record is appended
         to the spool instead (a rare, slower path), so it is still not lost."""
+        active = tracing.current()
         with self._pending_lock:
             self._pending[record.request_id] = record
+            if active is not None:
+                self._traces[record.request_id] = active
         try:
             self._queue.put_nowait(record)
         except queue.Full:
@@ -182,6 +189,8 @@ class ResultWriter:
         return batch
 
     def _write(self, batch: list[PredictionRecord]) -> None:
+        started_ns = time.time_ns()
+        outcome = "spooled"
         try:
             if not self.database_up and time.monotonic() < self._retry_at:
                 self._spool(batch)
@@ -192,13 +201,32 @@ class ResultWriter:
                 self._database_failed(exc)
                 self._spool(batch)
                 return
+            outcome = "written"
             self._database_back()
             self.events.store_rows_written(written)
         finally:
+            self._trace(batch, started_ns, outcome)
             self._forget(batch)
             for _ in batch:
                 self._queue.task_done()
             self.events.store_queue_depth(self._queue.qsize())
+
+    def _trace(self, batch: list[PredictionRecord], started_ns: int, outcome: str) -> None:
+        """One "store.write" span for the batch, linked to each traced request it stored."""
+        with self._pending_lock:
+            served = [
+                active
+                for record in batch
+                if (active := self._traces.pop(record.request_id, None)) is not None
+            ]
+        tracing.record_linked_span(
+            "store.write",
+            served,
+            started_ns,
+            time.time_ns(),
+            {"store.rows": len(batch), "store.outcome": outcome},
+            error=outcome != "written",
+        )
 
     def _insert(self, batch: list[PredictionRecord]) -> int:
         with self.sessions.begin() as session:
@@ -255,6 +283,7 @@ class ResultWriter:
         with self._pending_lock:
             for record in batch:
                 self._pending.pop(record.request_id, None)
+                self._traces.pop(record.request_id, None)
 
     def _idle_work(self) -> None:
         assert self.on_idle is not None

@@ -106,6 +106,11 @@ async def test_a_request_is_one_trace_with_its_steps_and_a_linked_forward_pass(
     assert forward.parent is None and forward.context.trace_id != server.context.trace_id
     assert [link.context.span_id for link in forward.links] == [server.context.span_id]
     assert forward.attributes is not None and forward.attributes["batch.size"] == 1
+    # The result's store write: one span for the writer's batch, linked to the request it kept.
+    (stored,) = [span for span in spans if span.name == "store.write"]
+    assert stored.parent is None
+    assert [link.context.span_id for link in stored.links] == [server.context.span_id]
+    assert stored.attributes is not None and stored.attributes["store.outcome"] == "written"
     # The answer carries its own traceparent; every log line of the request its trace id.
     assert response.headers["traceparent"] == f"00-{TRACE_ID}-{server.context.span_id:016x}-01"
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
