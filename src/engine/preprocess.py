@@ -52,6 +52,23 @@ class FaceCropper:
         return crop_face(rgb, face.box, margin=self.margin)
 
 
+FACE_CROP_MODES = ("auto", "on", "off")
+
+
+def face_cropper_for(metadata: ModelMetadata, mode: str = "auto") -> FaceCropper | None:
+    """The training face crop when ``mode`` (``DFD_FACE_CROP``'s values: ``on``, ``off``, or
+    ``auto``: as the checkpoint was trained) asks for it, with the checkpoint's margin. The one
+    place serving, the offline tools and the reference statistics get it from."""
+    if mode not in FACE_CROP_MODES:
+        raise ValueError(f"face crop must be one of {', '.join(FACE_CROP_MODES)}, not {mode!r}")
+    enabled = metadata.face_crop if mode == "auto" else mode == "on"
+    if not enabled:
+        return None
+    from src.media.faces import FaceDetector
+
+    return FaceCropper(FaceDetector(), margin=metadata.face_margin)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of preparing an image, in wall-clock nanoseconds (a trace span, later)."""

@@ -221,14 +221,8 @@ class InferenceService:
 
     async def _decode_and_score(self, data: bytes, deadline: float) -> Prediction:
         taken = await self.decode_budget.acquire(declared_pixels(data))
-        release = self._budget_release(taken)
-        if not self._observing():
-            crop, preprocess_s = await self._prepare(
-                self.preparer.from_bytes, data, deadline, on_done=release
-            )
-            return await self._score(crop, preprocess_s)
         prepared, preprocess_s = await self._prepare(
-            self.preparer.prepare_bytes, data, deadline, on_done=release
+            self.preparer.prepare_bytes, data, deadline, on_done=self._budget_release(taken)
         )
         return self._observed(prepared, await self._score(prepared.crop, preprocess_s))
 
@@ -243,9 +237,6 @@ class InferenceService:
         deadline = self._deadline(deadline)
 
         async def score() -> Prediction:
-            if not self._observing():
-                crop, preprocess_s = await self._prepare(self.preparer.from_array, rgb, deadline)
-                return await self._score(crop, preprocess_s)
             prepared, preprocess_s = await self._prepare(self.preparer.prepare_array, rgb, deadline)
             return self._observed(prepared, await self._score(prepared.crop, preprocess_s))
 
@@ -407,13 +398,9 @@ class InferenceService:
         self.events.rejected("timeout")
         raise InferenceTimeoutError("the request's deadline passed before its answer was ready")
 
-    def _observing(self) -> bool:
-        """Whether this request's features or stage times are wanted (drift monitoring on, or
-        the request is traced); when not, preparing keeps the crop alone."""
-        return self.monitor is not None or tracing.current() is not None
-
     def _observed(self, prepared: PreparedImage, prediction: Prediction) -> Prediction:
-        """Hand the image's features to the drift window and its stages to the trace."""
+        """Hand the image's features to the drift window and its stages to the trace (each a
+        no-op when drift monitoring is off or the request is not traced)."""
         if self.monitor is not None and prepared.features is not None:
             self.monitor.record(prepared.features, prediction.fake_prob)
         for stage in prepared.stages:

@@ -17,10 +17,11 @@ from src.core.aggregate import AGGREGATE_RULES, DEFAULT_AGGREGATE
 from src.core.device import resolve_device
 from src.core.errors import DeepfakeError
 from src.core.settings import DEFAULT_CHECKPOINT
+from src.engine.preprocess import FACE_CROP_MODES
 from src.models.backends import AUTO, BACKEND_MODULES
 from src.predict.files import find_media
 from src.predict.output import OUTPUT_SUFFIXES, RunInfo, csv_text, json_text, table_text
-from src.predict.scoring import FACE_CROP_MODES, FileResult, Predictor, load_predictor
+from src.predict.scoring import FileResult, Predictor, load_predictor
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 

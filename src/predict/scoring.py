@@ -26,13 +26,12 @@ import numpy as np
 from src.core.aggregate import DEFAULT_AGGREGATE, AggregateRule, aggregate
 from src.core.errors import DeepfakeError, PayloadTooLargeError, UnsupportedMediaTypeError
 from src.core.labels import decide
-from src.engine.preprocess import FaceCropper, FramePreparer
+from src.engine.preprocess import FramePreparer, face_cropper_for
 from src.engine.video import PreparedVideo, Stop, prepare_video
 from src.media.faces import Face
 from src.media.images import ImageLimits
 from src.media.video import ACCEPTED_CONTAINERS, VideoInfo, VideoLimits, sniff_container
 from src.models.backends import Backend, BackendChoice, choose_backend, load_backend
-from src.models.checkpoint import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,6 @@ OFFLINE_MAX_VIDEO_BYTES = 2 * 1024**3
 OFFLINE_MAX_VIDEO_DURATION_S = 4 * 3600.0
 OFFLINE_MAX_FRAME_PIXELS = 7680 * 4320
 OFFLINE_DECODE_BUDGET_S = 600.0
-FACE_CROP_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -114,19 +112,6 @@ def offline_video_limits(frames: int) -> VideoLimits:
         max_frames=frames,
         decode_budget_s=OFFLINE_DECODE_BUDGET_S,
     )
-
-
-def face_cropper_for(metadata: ModelMetadata, mode: str) -> FaceCropper | None:
-    """The training face crop when ``mode`` (``DFD_FACE_CROP``'s values) or, for ``auto``, the
-    checkpoint asks for it."""
-    if mode not in FACE_CROP_MODES:
-        raise ValueError(f"face crop must be one of {', '.join(FACE_CROP_MODES)}, not {mode!r}")
-    enabled = metadata.face_crop if mode == "auto" else mode == "on"
-    if not enabled:
-        return None
-    from src.media.faces import FaceDetector
-
-    return FaceCropper(FaceDetector(), metadata.face_margin)
 
 
 class Predictor:

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from src.core.errors import CheckpointError
 from src.core.settings import Settings
 from src.engine.executors import ModelRunner
-from src.engine.preprocess import FaceCropper
+from src.engine.preprocess import FaceCropper, face_cropper_for
 from src.engine.service import EngineConfig, InferenceService
 from src.media.images import ImageLimits
 from src.media.video import VideoLimits
@@ -45,12 +45,7 @@ UPLOAD_DRAIN_MARGIN_S = 1.0
 
 def build_face_cropper(settings: Settings, metadata: ModelMetadata) -> FaceCropper | None:
     """The same face crop as training, when the setting (or the checkpoint) asks for it."""
-    enabled = metadata.face_crop if settings.face_crop == "auto" else settings.face_crop == "on"
-    if not enabled:
-        return None
-    from src.media.faces import FaceDetector
-
-    return FaceCropper(FaceDetector(), margin=metadata.face_margin)
+    return face_cropper_for(metadata, settings.face_crop)
 
 
 def image_limits(settings: Settings) -> ImageLimits:

@@ -30,10 +30,10 @@ from torch.utils.data import DataLoader
 from src.core.device import resolve_device
 from src.core.errors import CheckpointError, DatasetError
 from src.core.labels import LABELS
+from src.engine.preprocess import FACE_CROP_MODES
 from src.explain.faithfulness import add_explain_arguments, explain_report
 from src.models.backends import torch as torch_backend
 from src.models.transforms import build_preprocess
-from src.predict.scoring import FACE_CROP_MODES
 from src.train.dataset import FrameDataset, Sample, describe, load_split
 from src.train.metrics import compute_metrics
 from src.train.video_eval import (

@@ -22,7 +22,7 @@ import numpy as np
 
 from src.core.device import resolve_device
 from src.core.errors import CheckpointError, DatasetError, InputError
-from src.engine.preprocess import FaceCropper, FramePreparer, PreparedImage
+from src.engine.preprocess import FramePreparer, PreparedImage, face_cropper_for
 from src.media.images import ImageLimits
 from src.models.backends import load_backend
 from src.models.backends.base import Backend
@@ -43,23 +43,13 @@ REFERENCE_IMAGE_LIMITS = ImageLimits(
 )
 
 
-def face_cropper_for(backend: Backend) -> FaceCropper | None:
-    """The face crop the service would use for this checkpoint (``DFD_FACE_CROP=auto``)."""
-    metadata = backend.metadata
-    if not metadata.face_crop:
-        return None
-    from src.media.faces import FaceDetector
-
-    return FaceCropper(FaceDetector(), margin=metadata.face_margin)
-
-
 def measure_samples(
     backend: Backend, samples: Sequence[Sample], *, split: str, data: str | None = None
 ) -> ReferenceStats:
     """Every sample prepared as the service prepares an upload, scored by ``backend``; images
     the service would refuse (no face, unreadable) are left out and counted in the log."""
     preparer = FramePreparer(
-        backend.metadata, REFERENCE_IMAGE_LIMITS, face_cropper_for(backend), measure=True
+        backend.metadata, REFERENCE_IMAGE_LIMITS, face_cropper_for(backend.metadata), measure=True
     )
     values: dict[str, list[float]] = defaultdict(list)
     pending: list[PreparedImage] = []

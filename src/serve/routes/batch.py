@@ -11,6 +11,7 @@ from src.core.errors import InputError
 from src.core.labels import Label, decide
 from src.serve.deps import CallerDep, ServiceDep, SettingsDep, UploadGateDep
 from src.serve.ratelimit import charge
+from src.serve.routes.inference import image_cache_value
 from src.serve.routes.openapi import BATCH_UPLOAD_BODY, error_responses
 from src.serve.routes.predictions import CacheLookup, look_up, remember, store_result
 from src.serve.schemas import BatchItemFailure, BatchItemResult, BatchResponse, ItemError
@@ -130,11 +131,7 @@ async def _score_misses(
         remember(
             request,
             lookups[index],
-            {
-                "fake_prob": fake_prob,
-                "model_version": metadata.version,
-                "model_architecture": metadata.architecture,
-            },
+            image_cache_value(fake_prob, metadata.version, metadata.architecture),
         )
     return outcomes
 

@@ -53,7 +53,11 @@ async def infer(
         answer = _cached_response(request, service, lookup.value, read_at)
     else:
         answer = await _score(request, service, data, arrived_at, deadline)
-        remember(request, lookup, _cache_value(answer))
+        remember(
+            request,
+            lookup,
+            image_cache_value(answer.fake_prob, answer.model_version, answer.model_architecture),
+        )
     request.app.state.metrics.prediction_made(answer.label, answer.fake_prob)
     store_result(
         request,
@@ -82,12 +86,13 @@ async def _score(
     return _response(request, service, prediction, started)
 
 
-def _cache_value(answer: InferenceResponse) -> dict[str, Any]:
-    """What the cache keeps: the score, not the label (decided again with the threshold)."""
+def image_cache_value(fake_prob: float, model_version: str, architecture: str) -> dict[str, Any]:
+    """What the cache keeps of an image's answer (``/infer``'s and a batch item's alike): the
+    score, not the label (decided again with the threshold)."""
     return {
-        "fake_prob": answer.fake_prob,
-        "model_version": answer.model_version,
-        "model_architecture": answer.model_architecture,
+        "fake_prob": fake_prob,
+        "model_version": model_version,
+        "model_architecture": architecture,
     }
 
 

@@ -8,12 +8,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from src.core.errors import ClientDisconnectedError, InferenceTimeoutError, OverloadedError
 from src.engine.budget import PixelBudget
-from src.engine.preprocess import FramePreparer
+from src.engine.preprocess import FramePreparer, PreparedImage
 from src.engine.service import EngineConfig, InferenceService
 from src.media.images import ImageLimits, declared_pixels
 from src.serve.metrics import Metrics
@@ -30,10 +29,10 @@ class CountingPreparer(FramePreparer):
     decodes = 0
     delay_s = 0.0
 
-    def from_bytes(self, data: bytes) -> np.ndarray:
+    def prepare_bytes(self, data: bytes) -> PreparedImage:
         type(self).decodes += 1
         time.sleep(self.delay_s)
-        return super().from_bytes(data)
+        return super().prepare_bytes(data)
 
 
 @pytest.fixture
