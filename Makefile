@@ -16,8 +16,8 @@ $(STAMP): requirements.txt requirements-serve.txt requirements-torch.txt require
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
-DEMO_CKPT := checkpoints/demo/model.pt
-DEMO_ONNX := checkpoints/demo/model.onnx
+DEMO_CKPT := checkpoints/deepfake-detector/0.1.0-demo/model.pt
+DEMO_ONNX := checkpoints/deepfake-detector/0.1.0-demo/model.onnx
 
 ## Serve the committed demo model on http://127.0.0.1:8000 (key: demo-key in development); on a
 ## CPU through ONNX Runtime (DFD_BACKEND=auto), exported on first run and whenever model.pt or
@@ -79,30 +79,30 @@ demo-data: setup
 demo-videos: setup
 	$(PY) -m src.data.make_videos --out examples --seed 0
 
-## Retrain the demo model (~5 min on 2 CPU cores), install it as checkpoints/demo/model.pt and
+## Retrain the demo model (~5 min on 2 CPU cores), install it as checkpoints/deepfake-detector/0.1.0-demo/model.pt and
 ## calibrate it (calibrate-demo).
 train-demo: demo-data
 	$(PY) -m src.train --data-dir data/demo --out-dir runs/demo --image-size 160 \
 		--epochs 6 --batch-size 32 --lr 1e-3 --warmup-epochs 0.5 --workers 1 --face-crop \
 		--version 0.1.0-demo --no-progress
-	cp runs/demo/best.pt checkpoints/demo/model.pt
+	cp runs/demo/best.pt checkpoints/deepfake-detector/0.1.0-demo/model.pt
 	$(MAKE) --no-print-directory calibrate-demo
 
-## Temperature scaling fitted on the val split, written into checkpoints/demo/model.pt; the
-## threshold stays 0.5 (why: checkpoints/demo/MODEL_CARD.md, "Calibration"). ~1 min.
+## Temperature scaling fitted on the val split, written into checkpoints/deepfake-detector/0.1.0-demo/model.pt; the
+## threshold stays 0.5 (why: checkpoints/deepfake-detector/0.1.0-demo/MODEL_CARD.md, "Calibration"). ~1 min.
 calibrate-demo: demo-data
 	$(PY) -m src.train.calibrate --checkpoint $(DEMO_CKPT) --data data/demo --split val \
 		--threshold-rule keep --report test test_xmanip
 	$(MAKE) --no-print-directory reference-demo
 
 ## Drift reference statistics of the val split (features and calibrated fake_prob), written into
-## checkpoints/demo/model.pt's metadata; what GET /monitoring/drift compares traffic with. ~1 min.
+## checkpoints/deepfake-detector/0.1.0-demo/model.pt's metadata; what GET /monitoring/drift compares traffic with. ~1 min.
 reference-demo: demo-data
 	$(PY) -m src.train.reference --checkpoint $(DEMO_CKPT) --data data/demo --split val
 
 ## Score the demo model on held-out identities (test) and a held-out manipulation (test_xmanip).
 evaluate-demo: demo-data
-	$(PY) -m src.train.evaluate --checkpoint checkpoints/demo/model.pt --data data/demo \
+	$(PY) -m src.train.evaluate --checkpoint checkpoints/deepfake-detector/0.1.0-demo/model.pt --data data/demo \
 		--split test test_xmanip
 
 ## Load benchmark (not in CI; ~10 min, wants the machine to itself): raw model per backend, the

@@ -52,11 +52,12 @@ from bench.report import (
     write_json,
 )
 from bench.stats import LevelResult, describe_histogram, histogram_delta, summarize
+from src.core.settings import DEFAULT_CHECKPOINT
 from src.models import read_checkpoint
 
 BACKENDS = ("torch", "onnxruntime")
 INT8 = "onnxruntime-int8"
-DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "demo" / "model.pt"
+DEMO_CHECKPOINT = REPO_ROOT / DEFAULT_CHECKPOINT
 
 STAGES = {
     "preprocess_ms": ("dfd_preprocess_seconds", 1000.0),

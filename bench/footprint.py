@@ -11,7 +11,7 @@ installed, not imported) and in a venv made from ``requirements-serve.txt`` alon
     .venv/bin/python -m bench.footprint --python /tmp/serve-venv/bin/python
 
 The server runs from this checkout with ``PYTHONPATH`` set; the model must have its ONNX export
-(``make run`` or ``python -m src.export --checkpoint checkpoints/demo/model.pt`` makes it).
+(``make run`` or ``python -m src.export --checkpoint PATH`` makes it).
 """
 
 from __future__ import annotations

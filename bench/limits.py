@@ -22,13 +22,13 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
-from src.core.settings import Settings
+from src.core.settings import DEFAULT_CHECKPOINT, Settings
 from src.serve.app import create_app
 from src.serve.deps import InferCallerDep
 from src.serve.ratelimit import charge
 
 KEY = "bench-key-0123456789"
-CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "demo" / "model.pt"
+CHECKPOINT = Path(__file__).resolve().parents[1] / DEFAULT_CHECKPOINT
 TARGET_MS = {"memory": 0.5, "redis": 1.5}
 HUGE = "1000000/minute"
 

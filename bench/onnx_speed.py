@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from src.core.settings import DEFAULT_CHECKPOINT
 from src.models.backends import onnxruntime as onnx_backend
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.onnx_speed", description=__doc__)
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/demo/model.pt"))
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per batch")

@@ -125,6 +125,18 @@ class NotFoundError(DeepfakeError):
     code = "not_found"
 
 
+class ConflictError(DeepfakeError):
+    """The request conflicts with the current state (a version already loading, the last one)."""
+
+    code = "conflict"
+
+
+class ModelLoadError(DeepfakeError):
+    """A model version could not be loaded; the versions already serving are untouched."""
+
+    code = "model_load_failed"
+
+
 class InvalidParameterError(InputError):
     """A query parameter or body field is malformed (a cursor, a filter)."""
 

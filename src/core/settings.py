@@ -26,7 +26,7 @@ from src.core.device import DEVICE_PATTERN, available_cpus, resolve_device
 
 DEFAULT_DEV_API_KEY = "demo-key"
 MIN_PRODUCTION_KEY_LENGTH = 16
-DEFAULT_CHECKPOINT = Path("checkpoints/demo/model.pt")
+DEFAULT_CHECKPOINT = Path("checkpoints/deepfake-detector/0.1.0-demo/model.pt")
 # A model repository holds <model>/<version>/model.pt (src/models/repository.py lists it).
 CHECKPOINT_FILE = "model.pt"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -251,12 +251,18 @@ class Settings(BaseSettings):
     face_crop: Literal["auto", "on", "off"] = "auto"
     decision_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
-    # Model repository and OIP. With a repository (<model>/<version>/model.pt) the checkpoint
-    # served is model_name's model_version (default: the highest); without one,
-    # DFD_CHECKPOINT_PATH is a one-model repository. model_name is also the /v2 model's name.
-    model_repository: Path | None = None
+    # Model repository and OIP. With a repository (<model>/<version>/model.pt) the version
+    # served at start is model_name's model_version (default: the highest), unless the shared
+    # routing setting names others; DFD_CHECKPOINT_PATH alone is a one-model repository.
+    # model_name is also the /v2 model's name.
+    model_repository: Path | None = Path("checkpoints")
     model_name: str = Field(default="deepfake-detector", pattern=MODEL_NAME_PATTERN)
     model_version: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
+    # Model lifecycle (src/serve/lifecycle.py): versions resident at once, how often a replica
+    # reads the shared routing setting, and whether a canary split is sticky per API key.
+    max_loaded_versions: int = Field(default=2, ge=1, le=16)
+    routing_sync_s: float = Field(default=2.0, ge=0.0, le=3600.0)
+    traffic_split: Literal["key", "request"] = "key"
 
     # Uploads
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
@@ -469,12 +475,14 @@ class Settings(BaseSettings):
 
     def _use_repository(self) -> None:
         """With DFD_MODEL_REPOSITORY, serve the checkpoint it holds for model_name."""
+        if "checkpoint_path" in self.model_fields_set:
+            if "model_repository" in self.model_fields_set and self.model_repository is not None:
+                raise ValueError("set DFD_MODEL_REPOSITORY or DFD_CHECKPOINT_PATH, not both")
+            self.model_repository = None  # the one checkpoint is a one-model repository
         if self.model_repository is None:
             if self.model_version is not None:
                 raise ValueError("DFD_MODEL_VERSION needs DFD_MODEL_REPOSITORY")
             return
-        if "checkpoint_path" in self.model_fields_set:
-            raise ValueError("set DFD_MODEL_REPOSITORY or DFD_CHECKPOINT_PATH, not both")
         if not self.model_repository.is_dir():
             raise ValueError(f"model repository not found: {self.model_repository}")
         self.checkpoint_path = repository_checkpoint(

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
@@ -96,7 +96,69 @@ class VideoPrediction:
         return sum(frame.fake_prob is not None for frame in self.frames)
 
 
+class EngineCore:
+    """What every loaded model version of a process shares: admission (counted in images and
+    frames, whichever version serves them), the one model thread, the preprocessing threads,
+    the decode budget and the video slots. A lone :class:`InferenceService` makes its own."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        events: EngineEvents | None = None,
+        *,
+        runner: ModelRunner | None = None,
+        release_memory: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.events: EngineEvents = events or NullEvents()
+        self.admission = Admission(config.max_pending, self.events, config.retry_after_s)
+        self.runner = runner or ModelRunner()
+        self.pool: ThreadPoolExecutor | None = None
+        self.preprocessing = 0  # images on (or queued for) a preprocessing thread
+        self._release_memory = release_memory
+        # Videos preprocess one job each on a preprocessing thread; at most this many at once,
+        # so single images always find a thread free.
+        self.video_slots = asyncio.Semaphore(max(1, config.preprocess_workers - 1))
+        self.decode_budget = PixelBudget(
+            config.decode_budget_pixels,
+            retry_after_s=config.retry_after_s,
+            on_large_release=self._schedule_memory_release,
+        )
+
+    def open_threads(self) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(
+                max_workers=self.config.preprocess_workers, thread_name_prefix="preprocess"
+            )
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new work and wait (at most ``timeout_s``) for admitted work to finish."""
+        self.admission.begin_drain()
+        if not await self.admission.wait_idle(timeout_s):
+            logger.warning("drain timeout: %d images still pending", self.admission.pending)
+
+    def close(self) -> None:
+        """End the threads (call once every batcher has stopped)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.runner.shutdown()
+        self.admission.close()
+
+    def release_memory(self) -> None:
+        """Return freed heap to the system (after an unload or a large decode)."""
+        if self._release_memory is not None:
+            self._release_memory()
+
+    def _schedule_memory_release(self) -> None:
+        if self._release_memory is not None and self.pool is not None:
+            self.pool.submit(self._release_memory)
+
+
 class InferenceService:
+    """One loaded model version: its backend, preparer and batcher, on a shared
+    :class:`EngineCore` (or a core of its own when none is given)."""
+
     def __init__(
         self,
         backend: Backend,
@@ -109,42 +171,59 @@ class InferenceService:
         runner: ModelRunner | None = None,
         release_memory: Callable[[], None] | None = None,
         monitor: DriftWindow | None = None,
+        core: EngineCore | None = None,
+        version: str | None = None,
+        batch_events: EngineEvents | None = None,
     ) -> None:
         """``runner``: the model thread the backend was loaded on, if any (else a new one).
         ``release_memory``: returns freed heap to the system; run after large decodes.
-        ``monitor``: the drift window each scored image's features and score go to."""
+        ``monitor``: the drift window each scored image's features and score go to.
+        ``core``: the engine shared with other versions (else this service owns one).
+        ``version``: the name this version is served by (default: its metadata's version).
+        ``batch_events``: where this version's batches are reported (default: ``events``)."""
+        self._owns_core = core is None
+        self.core = core or EngineCore(config, events, runner=runner, release_memory=release_memory)
         self.backend = backend
         self.config = config
-        self.events: EngineEvents = events or NullEvents()
+        self.events: EngineEvents = self.core.events
+        self.version = version or backend.metadata.version
         self.threshold = backend.metadata.threshold if threshold is None else threshold
         self.monitor = monitor
+        self.fingerprint = ""  # what a cached result must match (set by whoever serves it)
         self.preparer = FramePreparer(
             backend.metadata, limits, face_cropper, measure=monitor is not None
         )
-        self.admission = Admission(config.max_pending, self.events, config.retry_after_s)
-        self.runner = runner or ModelRunner()
-        self._preprocess_pool: ThreadPoolExecutor | None = None
-        self._preprocessing = 0
-        self._release_memory = release_memory
-        # Videos preprocess one job each on a preprocessing thread; at most this many at once,
-        # so single images always find a thread free.
-        self._video_slots = asyncio.Semaphore(max(1, config.preprocess_workers - 1))
         # Items of one batch request decoding or queued at once, so a batch interleaves with
         # other requests instead of filling the queue ahead of them.
         self._batch_window = max(2, config.max_batch_size)
-        self.decode_budget = PixelBudget(
-            config.decode_budget_pixels,
-            retry_after_s=config.retry_after_s,
-            on_large_release=self._schedule_memory_release,
-        )
+        self._leases = 0
+        self._unleased = asyncio.Event()
+        self._unleased.set()
         self.batcher: Batcher[np.ndarray, FrameScore] = Batcher(
             self._score_batch,
-            self.runner,
+            self.core.runner,
             BatchPolicy(config.max_batch_size, config.batch_timeout_s),
-            self.events,
-            more_coming=lambda: self._preprocessing > 0,
-            name=f"batcher-{backend.metadata.version}",
+            batch_events or self.events,
+            more_coming=lambda: self.core.preprocessing > 0,
+            name=f"batcher-{self.version}",
         )
+
+    # The shared parts, by their old names.
+    @property
+    def admission(self) -> Admission:
+        return self.core.admission
+
+    @property
+    def runner(self) -> ModelRunner:
+        return self.core.runner
+
+    @property
+    def decode_budget(self) -> PixelBudget:
+        return self.core.decode_budget
+
+    @property
+    def _preprocess_pool(self) -> ThreadPoolExecutor | None:
+        return self.core.pool
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -168,30 +247,63 @@ class InferenceService:
         return self.admission.pending
 
     async def start(self) -> None:
-        """Create the threads, warm the model up, start batching, then accept work."""
-        self._preprocess_pool = ThreadPoolExecutor(
-            max_workers=self.config.preprocess_workers, thread_name_prefix="preprocess"
-        )
+        """Create the threads (when this service owns its core), warm the model up, start
+        batching, then accept work."""
+        if self._owns_core:
+            self.core.open_threads()
+        await self.warm_up()
+        if self._owns_core:
+            self.admission.open()
+        logger.info("inference service ready", extra={"engine": asdict(self.config)})
+
+    async def warm_up(self) -> None:
+        """Warm the backend on the model thread and start this version's batcher."""
         await self.runner.run(self.backend.warm_up, (1, self.config.max_batch_size))
         self.batcher.start()
-        self.admission.open()
-        logger.info("inference service ready", extra={"engine": asdict(self.config)})
 
     def begin_drain(self) -> None:
         """Readiness turns 503; requests arriving from now on are refused, earlier ones served."""
         self.admission.begin_drain()
 
     async def stop(self, drain_timeout_s: float = 0.0) -> None:
-        self.admission.begin_drain()
-        if not await self.admission.wait_idle(drain_timeout_s):
-            logger.warning("drain timeout: %d images still pending", self.admission.pending)
+        if self._owns_core:
+            await self.core.drain(drain_timeout_s)
         await self.batcher.stop()
-        if self._preprocess_pool is not None:
-            self._preprocess_pool.shutdown(wait=True, cancel_futures=True)
-            self._preprocess_pool = None
-        self.runner.shutdown()
-        self.admission.close()
+        if self._owns_core:
+            self.core.close()
         logger.info("inference service stopped")
+
+    # ----------------------------------------------------------------- leases
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Mark a request as served by this version for the block: :meth:`retire` waits for
+        every lease to end, so a request routed here finishes here."""
+        self._leases += 1
+        self._unleased.clear()
+        try:
+            yield
+        finally:
+            self._leases -= 1
+            if self._leases == 0:
+                self._unleased.set()
+
+    @property
+    def leases(self) -> int:
+        return self._leases
+
+    async def retire(self, timeout_s: float) -> bool:
+        """Once no request holds this version (or ``timeout_s`` passed), stop its batcher.
+        True when every request had finished."""
+        finished = True
+        try:
+            await asyncio.wait_for(self._unleased.wait(), timeout=timeout_s)
+        except TimeoutError:
+            finished = False
+            logger.warning(
+                "version %s retired with %d requests still holding it", self.version, self._leases
+            )
+        await self.batcher.stop()
+        return finished
 
     def admit(
         self, units: int = 1, *, arrived_at: float | None = None
@@ -294,7 +406,7 @@ class InferenceService:
                 self._preprocess_pool, _before(deadline, lambda d: probe_video(d, limits)), data
             )
             stop = Stop(deadline)
-            async with self._video_slots:
+            async with self.core.video_slots:
                 taken = await self.decode_budget.acquire(decoded_pixels(info, frames))
                 started_ns = time.time_ns()
                 try:
@@ -418,13 +530,13 @@ class InferenceService:
         thread is finished with it, or it was dropped before starting, even if the caller has
         given up meanwhile."""
         started = time.perf_counter()
-        self._preprocessing += 1
+        self.core.preprocessing += 1
         try:
             crop = await run_in(
                 self._preprocess_pool, _before(deadline, prepare), payload, on_done=on_done
             )
         finally:
-            self._preprocessing -= 1
+            self.core.preprocessing -= 1
         preprocess_s = time.perf_counter() - started
         self.events.preprocessed(preprocess_s)
         return crop, preprocess_s
@@ -446,10 +558,6 @@ class InferenceService:
 
     def _budget_release(self, taken: int) -> Callable[[], None]:
         return lambda: self.decode_budget.release(taken)
-
-    def _schedule_memory_release(self) -> None:
-        if self._release_memory is not None and self._preprocess_pool is not None:
-            self._preprocess_pool.submit(self._release_memory)
 
 
 def _before(deadline: float, fn: Callable[[Any], T]) -> Callable[[Any], T]:

@@ -56,12 +56,6 @@ class ModelRepository:
         return sorted(entries, key=lambda entry: version_order(entry.version))
 
 
-def served_version(repository: Path | None, checkpoint: Path, metadata_version: str) -> str:
-    """The version the served checkpoint is known by: its folder's name in a repository, else
-    the version its metadata gives."""
-    return metadata_version if repository is None else checkpoint.parent.name
-
-
 def single_checkpoint(model: str, version: str, checkpoint: Path) -> VersionEntry:
     """``DFD_CHECKPOINT_PATH`` seen as a one-model repository: ``version`` is the one the
     checkpoint's metadata gives."""

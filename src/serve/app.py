@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
     app.state.service = None
     # The result store, cache and jobs (src/store): set by the lifespan, None while off.
     app.state.store = app.state.result_cache = app.state.jobs = None
-    app.state.cache_fingerprint = ""
+    app.state.models = None
     # Monitoring (src/monitoring): drift windows compared by a task the lifespan starts.
     app.state.tracing = tracing if tracing is not None else tracing_from_env()
     app.state.drift = (

@@ -12,9 +12,10 @@ address has failed too often) and check the route's scope (403 outside it). The 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.security import APIKeyHeader
 
 from src.core.errors import (
@@ -23,12 +24,15 @@ from src.core.errors import (
     RateLimitedError,
     ServiceUnavailableError,
 )
-from src.core.settings import Settings
+from src.core.settings import MODEL_NAME_PATTERN, Settings
 from src.engine.service import InferenceService
 from src.serve.auth import ALL_SCOPES, REFUSAL_MESSAGES, Caller, KeyRing, require_scope
 from src.serve.metrics import Metrics
 from src.serve.ratelimit import FailedAuthLimiter, RateLimits
 from src.serve.uploads import UploadGate
+
+if TYPE_CHECKING:
+    from src.serve.lifecycle import ModelManager
 
 __all__ = [
     "ALL_SCOPES",
@@ -53,18 +57,30 @@ api_key_header = APIKeyHeader(
 )
 
 
-def ready_service(request: Request, arrived_at: float | None = None) -> InferenceService:
-    """The service, if it takes work that arrived at ``arrived_at``; else 503.
+def ready_models(request: Request, arrived_at: float | None = None) -> ModelManager:
+    """The served model's versions, if they take work that arrived at ``arrived_at``; else 503.
 
     The one readiness check: ``/ready`` asks about now (not while draining); an inference route
     asks about its arrival, so a request that came before a drain began is still served.
     """
-    service: InferenceService | None = getattr(request.app.state, "service", None)
-    if service is None or not service.accepts(arrived_at):
+    models: ModelManager | None = getattr(request.app.state, "models", None)
+    if models is None or not models.core.admission.accepts(arrived_at):
         raise ServiceUnavailableError(
             "the model is not loaded yet, or the service is draining",
             retry_after_s=request.app.state.settings.retry_after_s,
         )
+    return models
+
+
+def ready_service(
+    request: Request, arrived_at: float | None = None, pinned: str | None = None
+) -> InferenceService:
+    """The version that answers this request (503 when not ready): ``pinned`` if the client
+    named a loaded one (404 otherwise), else the traffic split's draw for the caller's key."""
+    models = ready_models(request, arrived_at)
+    caller: Caller | None = getattr(request.state, "caller", None)
+    service = models.route(None if caller is None else caller.key_id, pinned)
+    request.state.cache_fingerprint = service.fingerprint
     return service
 
 
@@ -73,8 +89,23 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_service(request: Request) -> InferenceService:
-    return ready_service(request, getattr(request.state, "arrived_at", None))
+async def get_service(
+    request: Request,
+    model_version: Annotated[
+        str | None,
+        Header(
+            alias="X-Model-Version",
+            description="Answer with this loaded version of the model instead of the traffic "
+            "split's choice (GET /models lists them).",
+            pattern=MODEL_NAME_PATTERN,
+        ),
+    ] = None,
+) -> AsyncIterator[InferenceService]:
+    """The routed version, held (leased) until the request is answered: a version being
+    unloaded waits for the requests routed to it."""
+    service = ready_service(request, getattr(request.state, "arrived_at", None), model_version)
+    with service.lease():
+        yield service
 
 
 async def authenticate(request: Request, api_key: str | None) -> Caller:

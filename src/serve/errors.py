@@ -39,6 +39,8 @@ HTTP_STATUS: dict[type[errors.DeepfakeError], int] = {
     errors.InvalidImageError: 422,
     errors.InvalidVideoError: 422,
     errors.NotFoundError: 404,
+    errors.ConflictError: 409,
+    errors.ModelLoadError: 422,
     errors.InvalidParameterError: 422,
     errors.ClientDisconnectedError: CLIENT_CLOSED_REQUEST,
     errors.ServiceUnavailableError: 503,

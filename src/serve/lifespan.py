@@ -19,18 +19,21 @@ from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 
 from src.core.errors import CheckpointError
 from src.core.settings import Settings
 from src.engine.executors import ModelRunner
 from src.engine.preprocess import FaceCropper, face_cropper_for
-from src.engine.service import EngineConfig, InferenceService
+from src.engine.service import EngineConfig, EngineCore, InferenceService
 from src.media.images import ImageLimits
 from src.media.video import VideoLimits
 from src.models.backends import choose_backend, load_backend
 from src.models.checkpoint import ModelMetadata
+from src.models.repository import VersionEntry, single_checkpoint
 from src.monitoring.drift import DriftMonitor, DriftWindow
 from src.monitoring.reference import reference_of
+from src.serve.lifecycle import ModelManager, ShadowLog, repository_entries, routing_store_for
 from src.serve.memory import release_free_memory
 from src.serve.metrics import Metrics
 from src.serve.routes.jobs import register_job_kinds
@@ -109,16 +112,64 @@ def chain_drain_on_signals(on_signal: Callable[[], None]) -> Callable[[], None]:
     return restore
 
 
-async def start_service(
-    settings: Settings, metrics: Metrics, drift: DriftMonitor | None = None
+async def start_models(
+    settings: Settings,
+    metrics: Metrics,
+    drift: DriftMonitor | None = None,
+    store_engine: Engine | None = None,
+) -> ModelManager:
+    """The served model's versions on one shared engine: load (on the model thread) what the
+    routing setting names, or the configured version, and open admission. With ``drift``,
+    each scored image's features go to its version's drift window."""
+    core = EngineCore(
+        engine_config(settings), metrics, runner=ModelRunner(), release_memory=release_free_memory
+    )
+
+    async def build(entry: VersionEntry) -> InferenceService:
+        return await build_version(settings, metrics, core, entry, drift)
+
+    manager = ModelManager(
+        name=settings.model_name,
+        core=core,
+        build=build,
+        entries=repository_entries(settings),
+        routing_store=routing_store_for(settings, store_engine),
+        shadow_log=ShadowLog(store_engine),
+        metrics=metrics,
+        drift=drift,
+        max_loaded=settings.max_loaded_versions,
+        sync_s=settings.routing_sync_s if settings.model_repository is not None else 0.0,
+        retire_timeout_s=settings.drain_timeout_s,
+        sticky=settings.traffic_split == "key",
+    )
+    try:
+        if settings.model_repository is None:
+            single = single_checkpoint(settings.model_name, "", settings.checkpoint_path)
+            await manager.start(None, single=single)
+        else:
+            await manager.start(settings.checkpoint_path.parent.name)
+    except BaseException:
+        await manager.stop(0.0)
+        raise
+    metrics.watch_admission(lambda: core.admission.pending, core.admission.capacity)
+    return manager
+
+
+async def build_version(
+    settings: Settings,
+    metrics: Metrics,
+    core: EngineCore,
+    entry: VersionEntry,
+    drift: DriftMonitor | None,
 ) -> InferenceService:
-    """Load the backend on the thread that will run every forward pass, then start the engine.
-    With ``drift``, each scored image's features go to the model version's drift window."""
-    runner = ModelRunner()
+    """One version, loaded and warmed on the shared model thread (between the serving
+    versions' batches), its batcher started; not yet routed to. In a repository a version is
+    known by its folder's name; a lone checkpoint by the version its metadata gives."""
+    runner = core.runner
     choose = partial(
         choose_backend,
         settings.backend,
-        settings.checkpoint_path,
+        entry.checkpoint,
         settings.torch_device,
         settings.onnx_precision,
     )
@@ -126,35 +177,33 @@ async def start_service(
     load = partial(
         load_backend,
         choice.name,
-        settings.checkpoint_path,
+        entry.checkpoint,
         device=settings.torch_device,
         threads=settings.effective_torch_threads,
     )
     backend = await runner.run(load)
+    version = entry.version or backend.metadata.version
     service = InferenceService(
         backend,
-        engine_config(settings),
+        core.config,
         image_limits(settings),
-        metrics,
         threshold=settings.decision_threshold,
         face_cropper=build_face_cropper(settings, backend.metadata),
-        runner=runner,
-        release_memory=release_free_memory,
-        monitor=drift_window(drift, backend.metadata),
+        core=core,
+        version=version,
+        monitor=drift_window(drift, backend.metadata, version),
+        batch_events=metrics.for_version(version),
     )
-    await service.start()
-    metrics.watch_admission(lambda: service.pending, service.admission.capacity)
-    info = backend.describe()
-    metrics.model_info.labels(
-        version=info.metadata.version,
-        architecture=info.metadata.architecture,
-        device=info.device,
-        backend=info.backend,
-    ).set(1)
+    service.fingerprint = await asyncio.to_thread(
+        result_fingerprint, settings, service, entry.checkpoint
+    )
+    await service.warm_up()
     return service
 
 
-def drift_window(drift: DriftMonitor | None, metadata: ModelMetadata) -> DriftWindow | None:
+def drift_window(
+    drift: DriftMonitor | None, metadata: ModelMetadata, version: str
+) -> DriftWindow | None:
     """The model version's drift window; a checkpoint without (valid) reference statistics is
     still followed, its values reported without a PSI."""
     if drift is None:
@@ -168,19 +217,19 @@ def drift_window(drift: DriftMonitor | None, metadata: ModelMetadata) -> DriftWi
         logger.info(
             "model %s has no reference statistics (python -m src.train.reference): drift "
             "windows are kept, PSI is not computed",
-            metadata.version,
+            version,
         )
-    return drift.window(metadata.version, reference)
+    return drift.window(version, reference)
 
 
-def result_fingerprint(settings: Settings, service: InferenceService) -> str:
+def result_fingerprint(settings: Settings, service: InferenceService, checkpoint: Path) -> str:
     """Everything besides the bytes that decides a score: a cached result is served only when
     all of it matches (the threshold is not in it: labels are decided again)."""
     info = service.describe()
     metadata = info.metadata
     return fingerprint(
-        checkpoint=checkpoint_sha256(settings.checkpoint_path),
-        version=metadata.version,
+        checkpoint=checkpoint_sha256(checkpoint),
+        version=service.version,
         architecture=metadata.architecture,
         input_size=metadata.input_size,
         mean=metadata.mean,
@@ -197,20 +246,18 @@ def checkpoint_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-async def open_results(app: FastAPI, settings: Settings, service: InferenceService) -> StoreParts:
+async def open_results(app: FastAPI, settings: Settings) -> StoreParts:
     """The result store, cache and job runner (src/store), hung on ``app.state`` as ``store``,
-    ``result_cache``, ``cache_fingerprint`` and ``jobs``."""
+    ``result_cache`` and ``jobs``. Each model version keys the cache by its own fingerprint."""
     metrics: Metrics = app.state.metrics
-    key = await asyncio.to_thread(result_fingerprint, settings, service)
 
     def job_finished(status: str) -> None:
         metrics.jobs.labels(status=status).inc()
 
-    parts = await open_parts(settings, metrics, key, job_finished)
+    parts = await open_parts(settings, metrics, "", job_finished)
     if parts.jobs is not None:
         register_job_kinds(app, parts.jobs)
     app.state.store, app.state.result_cache, app.state.jobs = parts.store, parts.cache, parts.jobs
-    app.state.cache_fingerprint = key
     return parts
 
 
@@ -218,13 +265,18 @@ async def open_results(app: FastAPI, settings: Settings, service: InferenceServi
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     drift: DriftMonitor | None = app.state.drift
-    service = await start_service(settings, app.state.metrics, drift)
+    results = await open_results(app, settings)
     try:
-        results = await open_results(app, settings, service)
+        store = results.store
+        models = await start_models(
+            settings, app.state.metrics, drift, None if store is None else store.engine
+        )
     except BaseException:
-        await service.stop()
+        await results.close()
         raise
-    app.state.service = service
+    app.state.models = models
+    app.state.service = models.primary()  # the version serving at start (tests, tools)
+    service = app.state.service
     if drift is not None:
         drift.start()
     uploads: UploadGate = app.state.upload_gate
@@ -234,7 +286,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     upload_grace_s = max(0.0, settings.drain_timeout_s - UPLOAD_DRAIN_MARGIN_S)
 
     def on_drain() -> None:
-        service.begin_drain()
+        models.core.admission.begin_drain()
         loop.call_soon_threadsafe(uploads.close_after, upload_grace_s)
 
     restore_signals = chain_drain_on_signals(on_drain)
@@ -243,8 +295,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         restore_signals()
         await results.stop_jobs()  # a job cut off here is resumed at the next start
-        await service.stop(settings.drain_timeout_s)
+        await models.stop(settings.drain_timeout_s)
         app.state.service = None
+        app.state.models = None
         await results.close()  # after the service: the writer takes the last results
         release_device_memory(service.describe().device)
         if drift is not None:

@@ -24,6 +24,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 if TYPE_CHECKING:
+    from src.engine.service import InferenceService
     from src.monitoring.drift import DriftReport
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
@@ -64,18 +65,21 @@ class Metrics:
         self.inference_latency = Histogram(
             "dfd_model_inference_seconds",
             "Model time per batch: normalising it on the device, then the forward pass",
+            ["model_version"],
             buckets=MODEL_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
             "dfd_queue_wait_seconds",
             "Time an image waited in the queue before its batch ran",
+            ["model_version"],
             buckets=MODEL_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "dfd_batch_size",
             "Images per forward pass",
+            ["model_version"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
@@ -89,7 +93,10 @@ class Metrics:
             registry=r,
         )
         self.predictions = Counter(
-            "dfd_predictions", "Predictions returned, by label", ["label"], registry=r
+            "dfd_predictions",
+            "Predictions returned, by label and model version",
+            ["label", "model_version"],
+            registry=r,
         )
         # Explanations (POST /explain): their own series, so /infer's latency stays its own.
         self.explanations = Counter(
@@ -107,7 +114,8 @@ class Metrics:
         )
         self.fake_probability = Histogram(
             "dfd_fake_probability",
-            "Distribution of returned fake_prob",
+            "Distribution of returned fake_prob, by model version",
+            ["model_version"],
             buckets=PROBABILITY_BUCKETS,
             registry=r,
         )
@@ -118,6 +126,18 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("dfd_ready", "1 when the service takes inference requests", registry=r)
+        self.model_loads = Counter(
+            "dfd_model_loads",
+            "Model version loads, by outcome (ok, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_scores = Counter(
+            "dfd_shadow_scores",
+            "Requests scored aside by the shadow version: stored, skipped (service full), lost",
+            ["outcome"],
+            registry=r,
+        )
         self._add_key_and_limit_series(r)
         self._add_store_series(r)
         self._add_drift_series(r)
@@ -177,18 +197,31 @@ class Metrics:
         self.queue_depth_gauge.set(depth)
 
     def queue_waited(self, seconds: float) -> None:
-        self.queue_wait.observe(seconds)
+        self.queue_wait.labels(model_version="").observe(seconds)
 
     def batch_ran(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.inference_latency.observe(seconds)
+        self.batch_size.labels(model_version="").observe(size)
+        self.inference_latency.labels(model_version="").observe(seconds)
+
+    def for_version(self, version: str) -> VersionEvents:
+        """The engine events of one model version's batcher: its batches and queue waits carry
+        the ``model_version`` label."""
+        return VersionEvents(self, version)
 
     def readiness(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)
 
-    def prediction_made(self, label: str, fake_prob: float) -> None:
-        self.predictions.labels(label=label).inc()
-        self.fake_probability.observe(fake_prob)
+    def version_loaded(self, service: InferenceService) -> None:
+        """One ``dfd_model_info`` series per loaded version."""
+        self.model_info.labels(*_info_labels(service)).set(1)
+
+    def version_unloaded(self, service: InferenceService) -> None:
+        with contextlib.suppress(KeyError):
+            self.model_info.remove(*_info_labels(service))
+
+    def prediction_made(self, label: str, fake_prob: float, model_version: str) -> None:
+        self.predictions.labels(label=label, model_version=model_version).inc()
+        self.fake_probability.labels(model_version=model_version).observe(fake_prob)
 
     # The result store, cache and jobs (src/store); the writer's StoreEvents.
     def _add_store_series(self, r: CollectorRegistry) -> None:
@@ -298,3 +331,37 @@ def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, 
     if accept and "application/openmetrics-text" in accept:
         return generate_openmetrics(registry), OPENMETRICS_TYPE
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class VersionEvents:
+    """:class:`Metrics` as one model version's batcher reports to it (``Metrics.for_version``)."""
+
+    def __init__(self, metrics: Metrics, version: str) -> None:
+        self._metrics = metrics
+        self._batch_size = metrics.batch_size.labels(model_version=version)
+        self._latency = metrics.inference_latency.labels(model_version=version)
+        self._wait = metrics.queue_wait.labels(model_version=version)
+
+    def rejected(self, reason: str) -> None:
+        self._metrics.rejected(reason)
+
+    def preprocessed(self, seconds: float) -> None:
+        self._metrics.preprocessed(seconds)
+
+    def queue_depth(self, depth: int) -> None:
+        self._metrics.queue_depth(depth)
+
+    def queue_waited(self, seconds: float) -> None:
+        self._wait.observe(seconds)
+
+    def batch_ran(self, size: int, seconds: float) -> None:
+        self._batch_size.observe(size)
+        self._latency.observe(seconds)
+
+    def readiness(self, ready: bool) -> None:
+        self._metrics.readiness(ready)
+
+
+def _info_labels(service: InferenceService) -> tuple[str, str, str, str]:
+    info = service.describe()
+    return (service.version, info.metadata.architecture, info.device, info.backend)

@@ -110,3 +110,35 @@ class JobRow(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime())
 
     __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
+
+
+class RoutingRow(Base):
+    """A model's traffic weights, shadow and rollback history (``src/engine/registry.Routing``),
+    shared by every replica: each polls ``revision`` and applies a newer setting."""
+
+    __tablename__ = "model_routing"
+
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer())
+    routing: Mapped[dict[str, Any]] = mapped_column(JSON())
+    updated_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class ShadowRow(Base):
+    """One request scored by the answering version and, aside, by the shadow version."""
+
+    __tablename__ = "shadow_scores"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(REQUEST_ID_LENGTH))
+    model: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(100))
+    fake_prob: Mapped[float] = mapped_column(Float())
+    shadow_version: Mapped[str] = mapped_column(String(100))
+    shadow_fake_prob: Mapped[float] = mapped_column(Float())
+    threshold: Mapped[float] = mapped_column(Float())
+    created_at: Mapped[datetime] = mapped_column(DateTime())
+
+    __table_args__ = (
+        Index("ix_shadow_scores_pair", "model", "version", "shadow_version", "created_at"),
+    )

@@ -15,5 +15,6 @@ TINY_SIZE = 32
 def make_checkpoint(path: Path, *, seed: int = 0, **metadata: object) -> Path:
     torch.manual_seed(seed)
     model = build_model(TINY_ARCH, num_classes=2)
-    meta = ModelMetadata(architecture=TINY_ARCH, input_size=TINY_SIZE, version="test-1", **metadata)  # type: ignore[arg-type]
+    values: dict[str, object] = {"version": "test-1", **metadata}
+    meta = ModelMetadata(architecture=TINY_ARCH, input_size=TINY_SIZE, **values)  # type: ignore[arg-type]
     return save_checkpoint(path, model.state_dict(), meta)

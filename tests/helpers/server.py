@@ -26,14 +26,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(checkpoint: Path, port: int, **settings: str) -> subprocess.Popen[str]:
-    """Start the server with a clean ``DFD_*`` environment plus ``settings`` (``DFD_X="1"``)."""
+def start_server(checkpoint: Path | None, port: int, **settings: str) -> subprocess.Popen[str]:
+    """Start the server with a clean ``DFD_*`` environment plus ``settings`` (``DFD_X="1"``);
+    ``checkpoint`` None: a model repository (``DFD_MODEL_REPOSITORY`` in ``settings``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DFD_")}
     # The store's files go to a folder of this server's (removed by stop_server), never to the
     # repository's data/; a test sharing a database between servers sets DFD_DATABASE_URL.
     data = Path(tempfile.mkdtemp(prefix="dfd-server-"))
+    if checkpoint is not None:
+        env["DFD_CHECKPOINT_PATH"] = str(checkpoint)
     env.update(
-        DFD_CHECKPOINT_PATH=str(checkpoint),
         DFD_API_KEYS=TEST_KEY,
         DFD_TORCH_THREADS="1",
         DFD_LOG_FORMAT="json",

@@ -89,7 +89,7 @@ async def infer_batch(
         _keep(request, service, file, by_index[index], outcome, index)
     return BatchResponse(
         request_id=request.state.request_id,
-        model_version=service.metadata.version,
+        model_version=service.version,
         threshold=service.threshold,
         results=results,
     )
@@ -131,7 +131,7 @@ async def _score_misses(
         remember(
             request,
             lookups[index],
-            image_cache_value(fake_prob, metadata.version, metadata.architecture),
+            image_cache_value(fake_prob, service.version, metadata.architecture),
         )
     return outcomes
 
@@ -145,7 +145,7 @@ def _keep(
     index: int,
 ) -> None:
     """Count the item and queue it for the history, under ``{request_id}-{index}``."""
-    request.app.state.metrics.prediction_made(scored.label, scored.fake_prob)
+    request.app.state.metrics.prediction_made(scored.label, scored.fake_prob, service.version)
     request_id: str = request.state.request_id
     store_result(
         request,
@@ -156,7 +156,7 @@ def _keep(
         label=scored.label,
         threshold=service.threshold,
         model_name=service.metadata.architecture,
-        model_version=service.metadata.version,
+        model_version=service.version,
         timings={},
         request_id=f"{request_id}-{index}",
         parent_request_id=request_id,

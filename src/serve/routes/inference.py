@@ -58,7 +58,10 @@ async def infer(
             lookup,
             image_cache_value(answer.fake_prob, answer.model_version, answer.model_architecture),
         )
-    request.app.state.metrics.prediction_made(answer.label, answer.fake_prob)
+        models = request.app.state.models
+        if models is not None:  # a shadow version, when set, scores a sample aside
+            models.shadow(answer.request_id, data, service, answer.fake_prob)
+    request.app.state.metrics.prediction_made(answer.label, answer.fake_prob, answer.model_version)
     store_result(
         request,
         lookup,
@@ -129,7 +132,7 @@ def _response(
         real_prob=round(1.0 - fake_prob, 6),
         label=prediction.label,
         threshold=service.threshold,
-        model_version=metadata.version,
+        model_version=service.version,
         model_architecture=metadata.architecture,
         timings=Timings(
             preprocess_ms=round(prediction.preprocess_ms, 3),

@@ -233,11 +233,11 @@ class CacheLookup:
 
 
 async def look_up(request: Request, data: bytes, variant: str = "") -> CacheLookup:
-    """Hash ``data`` and look it up under the loaded model's fingerprint (plus ``variant``:
+    """Hash ``data`` and look it up under the answering version's fingerprint (plus ``variant``:
     anything else that changes the answer, e.g. a video's frame count)."""
     state = request.app.state
     sha256 = await content_sha256(data)
-    key = cache_key(sha256, state.cache_fingerprint + variant)
+    key = cache_key(sha256, request.state.cache_fingerprint + variant)
     cache: ResultCache | None = state.result_cache
     if cache is None:
         return CacheLookup(sha256, key, None)

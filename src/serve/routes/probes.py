@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from src.serve.deps import ready_service
+from src.serve.deps import ready_models
 from src.serve.metrics import exposition
 from src.serve.routes.openapi import error_responses
 from src.serve.schemas import HealthResponse, ReadinessResponse
@@ -21,9 +21,10 @@ async def health() -> HealthResponse:
 @router.get("/ready", response_model=ReadinessResponse, responses=error_responses(503))
 async def ready(request: Request) -> ReadinessResponse:
     """Readiness: 200 once the model is loaded and warmed, 503 before that and while draining."""
-    info = ready_service(request).describe()
+    service = ready_models(request).primary()
+    info = service.describe()
     return ReadinessResponse(
-        model_version=info.metadata.version,
+        model_version=service.version,
         model_architecture=info.metadata.architecture,
         device=info.device,
         backend=info.backend,

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from src import __version__
@@ -27,13 +28,21 @@ from src.core.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
 )
-from src.core.settings import Settings
+from src.core.settings import Settings, version_order
 from src.engine.service import InferenceService, Prediction
-from src.models.repository import served_version
 from src.serve import oip
-from src.serve.deps import InferCallerDep, ServiceDep, SettingsDep, UploadGateDep, ready_service
+from src.serve.deps import (
+    InferCallerDep,
+    SettingsDep,
+    UploadGateDep,
+    ready_models,
+    ready_service,
+)
 from src.serve.ratelimit import charge
 from src.serve.uploads import Upload, watch_disconnect
+
+if TYPE_CHECKING:
+    from src.serve.lifecycle import ModelManager
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 
@@ -65,26 +74,40 @@ INFER_BODY: dict[str, Any] = {
 }
 
 
-def _ready(request: Request) -> InferenceService | None:
+def _ready(request: Request) -> ModelManager | None:
     try:
-        return ready_service(request)
+        return ready_models(request)
     except ServiceUnavailableError:  # not loaded yet, or draining: "not ready", not an error
         return None
 
 
-def _version(settings: Settings, service: InferenceService) -> str:
-    """The served version's name: its folder in a model repository, else the checkpoint's."""
-    return served_version(
-        settings.model_repository, settings.checkpoint_path, service.metadata.version
-    )
-
-
-def _model(settings: Settings, service: InferenceService, model: str, version: str | None) -> None:
-    """404 unless ``model`` (and ``version``, when given) is the one this process serves."""
+def _model(settings: Settings, model: str) -> None:
+    """404 unless ``model`` is the one this process serves."""
     if model != settings.model_name:
         raise NotFoundError(f"unknown model '{model}'")
-    if version is not None and version != _version(settings, service):
+
+
+def _known_version(models: ModelManager, model: str, version: str | None) -> None:
+    """404 unless ``version`` (when given) is in the repository or loaded."""
+    if (
+        version is not None
+        and version not in models.registry.loaded
+        and version not in models.versions_on_disk()
+    ):
         raise NotFoundError(f"model '{model}' has no version '{version}'")
+
+
+async def versioned_service(
+    request: Request, version: str | None = None
+) -> AsyncIterator[InferenceService]:
+    """The version named in the path (404 unless it is loaded), else the traffic split's
+    choice; held until the answer is sent, like ``ServiceDep``."""
+    service = ready_service(request, getattr(request.state, "arrived_at", None), version)
+    with service.lease():
+        yield service
+
+
+VersionedServiceDep = Annotated[InferenceService, Depends(versioned_service)]
 
 
 @router.get("/health/live")
@@ -117,31 +140,33 @@ async def model_ready(
     version: str | None = None,
 ) -> JSONResponse:
     """Whether the model (version) takes requests: 200, or 400 while not; 404 if unknown."""
-    service = _ready(request)
-    if service is None:
-        if model != settings.model_name:
-            raise NotFoundError(f"unknown model '{model}'")
+    _model(settings, model)
+    models = _ready(request)
+    if models is None:
         return JSONResponse({"name": model, "ready": False}, status_code=400)
-    _model(settings, service, model, version)
-    return JSONResponse({"name": model, "ready": True})
+    _known_version(models, model, version)
+    is_ready = version is None or version in models.registry.loaded
+    return JSONResponse({"name": model, "ready": is_ready}, status_code=200 if is_ready else 400)
 
 
 @router.get("/models/{model}")
 @router.get("/models/{model}/versions/{version}")
 async def model_metadata(
+    request: Request,
     caller: InferCallerDep,
-    service: ServiceDep,
     settings: SettingsDep,
     model: str,
     version: str | None = None,
 ) -> dict[str, Any]:
-    """The model's versions, platform, and its input and output tensors."""
-    _model(settings, service, model, version)
-    info = service.describe()
+    """The model's loaded versions, platform, and its input and output tensors."""
+    _model(settings, model)
+    models = ready_models(request)
+    _known_version(models, model, version)
+    service = ready_service(request, None, version)
     return {
         "name": model,
-        "versions": [_version(settings, service)],
-        "platform": info.backend,
+        "versions": sorted(models.registry.loaded, key=version_order),
+        "platform": service.describe().backend,
         **oip.tensor_metadata(),
     }
 
@@ -151,14 +176,14 @@ async def model_metadata(
 async def infer(
     request: Request,
     caller: InferCallerDep,
-    service: ServiceDep,
+    service: VersionedServiceDep,
     settings: SettingsDep,
     uploads: UploadGateDep,
     model: str,
     version: str | None = None,
 ) -> Response:
     """Score the images of input ``image``; answer ``fake_prob`` and ``label`` per image."""
-    _model(settings, service, model, version)
+    _model(settings, model)
     arrived_at: float = request.state.arrived_at
     deadline = arrived_at + settings.request_timeout_s
     limit = settings.max_batch_bytes * 4 // 3 + JSON_ENVELOPE_BYTES  # base64 JSON is 4/3
@@ -176,10 +201,10 @@ async def infer(
     predictions = await _score(request, service, parsed.images, arrived_at, deadline)
     metrics = request.app.state.metrics
     for prediction in predictions:
-        metrics.prediction_made(prediction.label, prediction.fake_prob)
+        metrics.prediction_made(prediction.label, prediction.fake_prob, service.version)
     content, header_length = oip.encode_infer_response(
         model_name=model,
-        model_version=_version(settings, service),
+        model_version=service.version,
         request_id=parsed.id,
         fake_probs=[prediction.fake_prob for prediction in predictions],
         labels=[prediction.label for prediction in predictions],

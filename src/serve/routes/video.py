@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -33,6 +33,9 @@ from src.serve.uploads import VIDEO_UPLOAD, while_connected
 from src.store.jobs import JobFunction
 from src.store.recording import media_type_for
 from src.store.repository import PredictionRecord
+
+if TYPE_CHECKING:
+    from src.serve.lifecycle import ModelManager
 
 router = APIRouter(tags=["inference"])
 JOB_KIND = "video"
@@ -112,7 +115,7 @@ async def infer_video(
             )
         answer = video_response(request.state.request_id, service, prediction, started)
         remember(request, lookup, _cache_value(answer))
-    request.app.state.metrics.prediction_made(answer.label, answer.fake_prob)
+    request.app.state.metrics.prediction_made(answer.label, answer.fake_prob, answer.model_version)
     store_result(
         request,
         lookup,
@@ -135,14 +138,15 @@ def video_job(app: FastAPI) -> JobFunction:
     answer kept as the job's result and in the history under the job's id."""
 
     async def run(path: Path, params: dict[str, Any]) -> dict[str, Any]:
-        service: InferenceService | None = app.state.service
-        if service is None or not service.ready:
+        models: ModelManager | None = getattr(app.state, "models", None)
+        if models is None or not models.core.admission.ready:
             raise ServiceUnavailableError("the model is not loaded yet")  # postponed, not failed
+        service = models.route(params.get("key_id"))
         settings = app.state.settings
         data = await asyncio.to_thread(path.read_bytes)
         frames, rule = int(params["frames"]), params["aggregate"]
         started = time.perf_counter()
-        with service.admit(frames):
+        with service.lease(), service.admit(frames):
             prediction = await service.predict_video(
                 data,
                 frames=frames,
@@ -216,7 +220,7 @@ def video_response(
         real_prob=round(1.0 - fake_prob, 6),
         label=prediction.label,
         threshold=service.threshold,
-        model_version=service.metadata.version,
+        model_version=service.version,
         aggregate=prediction.aggregate,
         video=VideoDescription(
             duration_s=round(info.duration_s, 3),

@@ -149,7 +149,7 @@ def test_backend_flags() -> None:
     assert args.face_crop_run and args.raw_backends and args.face_concurrency == [1, 32]
     quick = parse_args(["--checkpoint", "x.pt", "--backends", "onnxruntime", "--no-face-crop-run"])
     assert quick.backends == ["onnxruntime"] and not quick.face_crop_run
-    assert int8_path("checkpoints/demo/model.pt").name == "model.int8.onnx"
+    assert int8_path("checkpoints/deepfake-detector/0.1.0-demo/model.pt").name == "model.int8.onnx"
 
 
 def test_time_calls_round_robin() -> None:

@@ -98,7 +98,10 @@ def test_the_repository_decides_the_checkpoint(repository: Path, tmp_path: Path)
         ({"model_name": "empty"}, "no empty/<version>/model.pt"),
         ({"model_name": "absent"}, "no absent/<version>/model.pt"),
         ({"model_version": "../x"}, "model_version"),
-        ({"checkpoint_path": Path("checkpoints/demo/model.pt")}, "not both"),
+        (
+            {"checkpoint_path": Path("checkpoints/deepfake-detector/0.1.0-demo/model.pt")},
+            "not both",
+        ),
     ],
 )
 def test_a_repository_that_cannot_serve_is_refused_at_start(

@@ -154,10 +154,10 @@ async def test_metrics_after_traffic(client: httpx.AsyncClient) -> None:
     assert 'dfd_http_requests_total{method="POST",route="/infer",status="415"} 1.0' in text
     assert 'route="<unmatched>",status="404"' in text
     assert "dfd_http_request_duration_seconds_bucket" in text
-    assert "dfd_model_inference_seconds_count 1.0" in text
-    assert "dfd_batch_size_count 1.0" in text
-    assert "dfd_queue_wait_seconds_count 1.0" in text
-    assert "dfd_fake_probability_count 1.0" in text
+    assert 'dfd_model_inference_seconds_count{model_version="test-1"} 1.0' in text
+    assert 'dfd_batch_size_count{model_version="test-1"} 1.0' in text
+    assert 'dfd_queue_wait_seconds_count{model_version="test-1"} 1.0' in text
+    assert 'dfd_fake_probability_count{model_version="test-1"} 1.0' in text
     assert "dfd_predictions_total{label=" in text
     assert (
         'dfd_model_info{architecture="test_efficientnet",backend="torch",device="cpu",'

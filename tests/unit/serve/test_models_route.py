@@ -35,6 +35,7 @@ async def test_the_one_checkpoint_is_a_one_model_repository(
             {
                 "version": "test-1",
                 "state": "ready",
+                "reason": None,
                 "files": sorted(p.name for p in checkpoint_path.parent.iterdir()),
                 "size_bytes": checkpoint_path.stat().st_size,
             }
@@ -63,7 +64,9 @@ async def test_a_repository_lists_every_version_and_the_serving_one(
         ready = await client.get("/v2/models/detector/versions/1/ready", headers=AUTH)
         assert ready.status_code == 200
         other = await client.get("/v2/models/detector/versions/2/ready", headers=AUTH)
-        assert other.status_code == 404
+        assert other.status_code == 400 and other.json() == {"name": "detector", "ready": False}
+        unknown = await client.get("/v2/models/detector/versions/9/ready", headers=AUTH)
+        assert unknown.status_code == 404
     assert body["repository"] == str(root)
     models = {model["name"]: model for model in body["models"]}
     assert list(models) == ["detector", "other"]
