@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-tools lint format typecheck demo-data demo-videos train-demo calibrate-demo reference-demo evaluate-demo bench hostile bench-video e2e explain-demo bench-explain gpu-check container-check lint-deploy clean
+.PHONY: setup run test test-tools lint format typecheck demo-data demo-videos train-demo demo-version calibrate-demo reference-demo evaluate-demo bench hostile bench-video e2e explain-demo bench-explain gpu-check container-check lint-deploy clean
 
 setup: $(STAMP)
 
@@ -88,6 +88,21 @@ train-demo: demo-data
 	cp runs/demo/best.pt checkpoints/deepfake-detector/0.1.0-demo/model.pt
 	$(MAKE) --no-print-directory calibrate-demo
 
+## A second version of the demo model, for the canary walk-through (README "Model versions"):
+## 20 steps of fine-tuning from $(DEMO_CKPT) at a tenth of its learning rate, calibrated and
+## exported, into checkpoints/deepfake-detector/$(DEMO_V2)/ (git-ignored). ~2 min on 2 cores.
+DEMO_V2 ?= 0.1.1-demo
+DEMO_V2_DIR := checkpoints/deepfake-detector/$(DEMO_V2)
+demo-version: demo-data
+	$(PY) -m src.train --data-dir data/demo --out-dir runs/$(DEMO_V2) --image-size 160 \
+		--epochs 1 --max-steps-per-epoch 20 --batch-size 32 --lr 1e-4 --warmup-epochs 0 \
+		--workers 1 --face-crop --pretrained $(DEMO_CKPT) --version $(DEMO_V2) --no-progress
+	mkdir -p $(DEMO_V2_DIR)
+	cp runs/$(DEMO_V2)/best.pt $(DEMO_V2_DIR)/model.pt
+	$(PY) -m src.train.calibrate --checkpoint $(DEMO_V2_DIR)/model.pt --data data/demo \
+		--split val --threshold-rule keep
+	$(PY) -m src.export --checkpoint $(DEMO_V2_DIR)/model.pt
+
 ## Temperature scaling fitted on the val split, written into checkpoints/deepfake-detector/0.1.0-demo/model.pt; the
 ## threshold stays 0.5 (why: checkpoints/deepfake-detector/0.1.0-demo/MODEL_CARD.md, "Calibration"). ~1 min.
 calibrate-demo: demo-data
@@ -117,12 +132,13 @@ $(BENCH_CKPT): | $(STAMP)
 		build_model('efficientnet_lite0').state_dict(), \
 		ModelMetadata(architecture='efficientnet_lite0', input_size=224, version='bench'))"
 
-bench: setup $(BENCH_CKPT)
+bench: setup $(BENCH_CKPT) $(DEMO_ONNX)
 	$(PY) -m bench --checkpoint $(BENCH_CKPT) --requests 300 --concurrency 1,8,32,128 \
 		--soak 10000 --out $(BENCH_OUT) $(BENCH_ARGS)
 	$(PY) -m bench.limits --out $(BENCH_OUT)/limits
 	$(PY) -m bench.store --checkpoint $(BENCH_CKPT) --out $(BENCH_OUT)/store
 	$(PY) -m bench.oip --checkpoint $(BENCH_CKPT) --out $(BENCH_OUT)/oip
+	$(PY) -m bench.lifecycle --out $(BENCH_OUT)/lifecycle
 	$(MAKE) --no-print-directory bench-explain BENCH_EXPLAIN_ARGS="--json $(BENCH_OUT)/explain.json"
 
 ## Hostile clients (slow uploads, huge headers, silent sockets, decode bombs, deadlines), each

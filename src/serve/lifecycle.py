@@ -268,6 +268,9 @@ class ModelManager:
     status: dict[str, VersionStatus] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _single: dict[str, VersionEntry] | None = None
+    # Called after every routing change or unload (the lifespan points app.state.service at
+    # the primary version, so that nothing holds an unloaded version's memory).
+    on_change: Callable[[], None] = lambda: None
     _sync_task: asyncio.Task[None] | None = None
     _shadow_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -476,6 +479,7 @@ class ModelManager:
         service = self.registry.loaded[version]
         self.registry.loaded = {v: s for v, s in self.registry.loaded.items() if v != version}
         self.status.pop(version, None)
+        self.on_change()
         await service.retire(self.retire_timeout_s)
         self.metrics.version_unloaded(service)
         if self.drift is not None:
@@ -515,6 +519,7 @@ class ModelManager:
         except OSError as exc:
             raise ServiceUnavailableError(f"the routing file cannot be written: {exc}") from exc
         self.registry.routing = routing
+        self.on_change()
         logger.info("routing of %s is now %s", self.name, routing.to_json())
 
     # ----------------------------------------------------------- replicas
@@ -545,6 +550,7 @@ class ModelManager:
                 await self._make_room(stored)
                 await self._load(version, by_sync=True)
         self.registry.routing = stored
+        self.on_change()
         logger.info("routing of %s synced to revision %d", self.name, stored.revision)
         await self._make_room(stored)
 

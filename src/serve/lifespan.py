@@ -275,8 +275,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await results.close()
         raise
     app.state.models = models
-    app.state.service = models.primary()  # the version serving at start (tests, tools)
-    service = app.state.service
+
+    def follow_primary() -> None:  # the version with most traffic, for tests and tools
+        app.state.service = models.primary()
+
+    models.on_change = follow_primary
+    follow_primary()
     if drift is not None:
         drift.start()
     uploads: UploadGate = app.state.upload_gate
@@ -299,7 +303,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.service = None
         app.state.models = None
         await results.close()  # after the service: the writer takes the last results
-        release_device_memory(service.describe().device)
+        release_device_memory(settings.torch_device)
         if drift is not None:
             await drift.stop()
         if app.state.tracing is not None:
