@@ -58,10 +58,10 @@ async def infer(
             lookup,
             image_cache_value(answer.fake_prob, answer.model_version, answer.model_architecture),
         )
-        models = request.app.state.models
-        if models is not None:  # a shadow version, when set, scores a sample aside
-            models.shadow(answer.request_id, data, service, answer.fake_prob)
     request.app.state.metrics.prediction_made(answer.label, answer.fake_prob, answer.model_version)
+    models = request.app.state.models
+    if models is not None:  # a shadow version, when set, scores a sample aside
+        models.shadow(answer.request_id, data, service, answer.fake_prob)
     store_result(
         request,
         lookup,
