@@ -110,7 +110,8 @@ def test_a_routing_change_on_one_replica_reaches_the_other(shared_by: str, tmp_p
         assert version_answering(b) == "1"
         back = until("a serves 1", lambda: version_answering(a) == "1", SYNC_S + 2.0)
         print(
-            f"{shared_by}: switch reached b in {took:.2f} s (with a load), rollback a in {back:.2f} s"
+            f"{shared_by}: the switch reached b in {took:.2f} s (a load included), "
+            f"the rollback reached a in {back:.2f} s"
         )
 
         if shared_by == "postgresql":  # shadow scores of both replicas land in one table

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from src.core.settings import Settings
+from src.models import ModelMetadata, build_model, save_checkpoint
 from src.serve.app import create_app
 from src.serve.lifecycle import ROUTING_FILE, ModelManager
 from tests.helpers.api import AUTH, ROTATED_KEY, TEST_KEY, assert_error, started_client
-from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.checkpoints import TINY_ARCH, TINY_SIZE, make_checkpoint
 from tests.helpers.images import image_bytes, infer_files
 
 pytestmark = pytest.mark.anyio
@@ -193,6 +195,17 @@ async def test_a_load_that_fails_leaves_the_serving_version_untouched(
         mismatch = await client.post(f"/models/{MODEL}/versions/4/load", headers=ADMIN)
         assert "metadata mismatch" in assert_error(mismatch, 422, "model_load_failed")["message"]
         assert list(manager(client).registry.loaded) == ["1"]
+        # weights of another architecture than the metadata names
+        torch.manual_seed(0)
+        other = build_model(TINY_ARCH, num_classes=2).state_dict()
+        save_checkpoint(
+            repository / MODEL / "6" / "model.pt",
+            other,
+            ModelMetadata(architecture="resnet18", input_size=TINY_SIZE, version="v6"),
+        )
+        wrong = await client.post(f"/models/{MODEL}/versions/6/load", headers=ADMIN)
+        assert_error(wrong, 422, "model_load_failed")
+        assert (await infer(client)).json()["model_version"] == "1"
         # a failed version loads once fixed
         shutil.copyfile(
             repository / MODEL / "2" / "model.pt", repository / MODEL / "3" / "model.pt"
@@ -330,15 +343,9 @@ async def test_switching_and_rolling_back_under_load_fails_no_request(
         statuses: list[int] = []
         versions: set[str] = set()
         stop = asyncio.Event()
-
-        async def load_client() -> None:
-            while not stop.is_set():
-                response = await infer(client)
-                statuses.append(response.status_code)
-                if response.status_code == 200:
-                    versions.add(response.json()["model_version"])
-
-        clients_ = [asyncio.create_task(load_client()) for _ in range(16)]
+        clients_ = [
+            asyncio.create_task(keep_sending(client, stop, statuses, versions)) for _ in range(16)
+        ]
         await asyncio.sleep(0.3)
         admin = [
             ("POST", f"/models/{MODEL}/versions/2/load", None),
@@ -360,3 +367,14 @@ async def test_switching_and_rolling_back_under_load_fails_no_request(
         assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
         assert versions == {"1", "2"}
         assert manager(client).core.admission.pending == 0
+
+
+async def keep_sending(
+    client: httpx.AsyncClient, stop: asyncio.Event, statuses: list[int], versions: set[str]
+) -> None:
+    """One client sending ``/infer`` requests back to back until ``stop``."""
+    while not stop.is_set():
+        response = await infer(client)
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            versions.add(response.json()["model_version"])
