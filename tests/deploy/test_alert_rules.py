@@ -42,7 +42,7 @@ def _run(*command: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_accepts_the_rules(promtool: str) -> None:
     result = _run(promtool, "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_the_rules_unit_tests_pass(promtool: str) -> None:
@@ -92,6 +92,7 @@ def test_the_rules_cover_what_an_operator_is_paged_for() -> None:
         "DFDLoadShedding",
         "DFDReadinessFlapping",
         "DFDInputDrift",
+        "DFDVersionFakeShareDiverges",
     } <= set(alerts)
     drift = alerts["DFDInputDrift"]
     assert drift["expr"] == "dfd_drift_psi > 0.2" and drift["for"] == "15m"
