@@ -305,8 +305,27 @@ class ModelManager:
                 )
             else:
                 routing = stored
-        for version in sorted(_serving(routing), key=version_order):
-            await _original_error(self._load(version))
+        try:
+            for version in sorted(_serving(routing), key=version_order):
+                await _original_error(self._load(version))
+        except DeepfakeError as exc:
+            if routing.traffic == {default_version: 100}:
+                raise  # the configured version itself cannot be served: stop
+            # A stored setting naming a version that no longer loads must not keep the service
+            # down: serve the configured version alone (the setting's revision kept, so the
+            # replicas' sync does not retry it) until an admin changes the traffic.
+            logger.error(
+                "the stored routing of %s cannot be served (%s): serving %s alone",
+                self.name,
+                exc,
+                default_version,
+            )
+            for version in list(self.registry.loaded):
+                if version != default_version:
+                    await self._unload(version)
+            if default_version not in self.registry.loaded:
+                await _original_error(self._load(default_version))
+            routing = Routing({default_version: 100}, None, (), routing.revision)
         self.registry.routing = routing
         self.core.admission.open()
         if self.sync_s > 0:

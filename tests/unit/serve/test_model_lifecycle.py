@@ -378,3 +378,21 @@ async def keep_sending(
         statuses.append(response.status_code)
         if response.status_code == 200:
             versions.add(response.json()["model_version"])
+
+
+async def test_a_stored_routing_that_no_longer_loads_falls_back_to_the_configured_version(
+    repo_settings: Callable[..., Settings], repository: Path
+) -> None:
+    async for client in clients(repo_settings()):
+        await client.post(f"/models/{MODEL}/versions/2/load", headers=ADMIN)
+        await client.put(f"/models/{MODEL}/traffic", json={"2": 100}, headers=ADMIN)
+    (repository / MODEL / "2" / "model.pt").write_bytes(b"broken since")
+    async for client in clients(repo_settings()):
+        assert (await infer(client)).json()["model_version"] == "1"
+        view = await models_view(client)
+        assert view["traffic"] == {"1": 100} and view["revision"] == 1
+        # the next change builds on the stored revision
+        shadow = await client.put(
+            f"/models/{MODEL}/shadow", json={"version": "1", "sample": 0.5}, headers=ADMIN
+        )
+        assert shadow.status_code == 200 and shadow.json()["revision"] == 2
