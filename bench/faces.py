@@ -13,17 +13,22 @@ preprocessing threads and the training tools call) and ``detect_faces`` (every f
 of running, each giving the median time of one call per image set:
 
 * ``1 thread``: one thread, torch and OpenCV limited to 1 thread each (the ONNX Runtime
-  sessions always use 1 thread);
+  sessions always use 1 thread): the median wall time and the median CPU time of the calling
+  thread (all the work runs there; on a machine shared with other jobs the CPU time is the
+  steadier of the two);
 * ``N threads at once``: as the service runs it: ``--workers`` threads (default: the service's
   preprocessing workers) calling the one shared detector at once, torch and OpenCV at their
   defaults; the median per call and the images per second.
 
-The detectors take turns round by round, so that a burst of outside load falls on all alike.
+The detectors take turns round by round (in turn forwards and backwards), so that a burst of
+outside load falls on all alike; the load average before and after is printed.
 
 ``--runtime`` picks the MTCNN runtime(s) of this tree (``onnx``, ``torch``; ``default`` = what
-``FaceDetector()`` picks); ``--baseline REF`` also times ``src/media/faces.py`` as it was at a
-commit (read with ``git show``). ``--profile`` adds cProfile's top functions for one photo and
-one frame. Not part of CI: speed targets live here, not in unit tests (see bench/README.md).
+``FaceDetector()`` picks); ``--baseline REF`` also times ``src/media/faces.py`` and
+``src/media/faces_onnx.py`` as they were at a commit (read with ``git show``; ``HEAD``: the
+committed code against the working tree), and each row gets its ratio to the baseline's.
+``--profile`` adds cProfile's top functions for one photo and one frame. Not part of CI: speed
+targets live here, not in unit tests (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import cProfile
 import importlib.util
 import io
 import json
+import os
 import pstats
 import statistics
 import subprocess
@@ -134,24 +140,56 @@ def make_detector(runtime: str) -> Any:
     return FaceDetector(runtime="onnx" if runtime == "onnx" else "torch")
 
 
-def baseline_module(ref: str) -> ModuleType:
-    """``src/media/faces.py`` as it was at ``ref`` (read with ``git show``), as a module."""
-    source = subprocess.run(
-        ["git", "show", f"{ref}:src/media/faces.py"],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    folder = Path(tempfile.mkdtemp(prefix="bench-faces-"))
-    path = folder / "faces_baseline.py"
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+
+
+def _git_show(ref: str, path: str) -> str | None:
+    """The text of ``path`` at ``ref``, or None where the file did not exist then."""
+    if _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode != 0:
+        raise RuntimeError(f"{ref!r} is not a commit of this repository")
+    if _git("cat-file", "-e", f"{ref}:{path}").returncode != 0:
+        return None
+    done = _git("show", f"{ref}:{path}")
+    if done.returncode != 0:
+        raise RuntimeError(f"git show {ref}:{path} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _load_module(name: str, folder: Path, source: str) -> ModuleType:
+    path = folder / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("faces_baseline", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["faces_baseline"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# How src/media/faces.py imports its ONNX Runtime networks (since f1bbbbb).
+_ONNX_IMPORT = "from src.media import faces_onnx"
+
+
+def baseline_module(ref: str) -> ModuleType:
+    """``src/media/faces.py`` as it was at ``ref`` (read with ``git show``), as a module.
+
+    Where ``src/media/faces_onnx.py`` existed at ``ref``, it is loaded from ``ref`` as well
+    (as ``faces_onnx_baseline``, with its own graph cache key and shared sessions) and the
+    baseline's ``faces.py`` imports that one, so that ``--baseline HEAD`` compares the working
+    tree with the committed code on both files.
+    """
+    source = _git_show(ref, "src/media/faces.py")
+    if source is None:
+        raise RuntimeError(f"src/media/faces.py does not exist at {ref}")
+    folder = Path(tempfile.mkdtemp(prefix="bench-faces-"))
+    onnx_source = _git_show(ref, "src/media/faces_onnx.py")
+    if onnx_source is not None:
+        if _ONNX_IMPORT not in source:
+            raise RuntimeError(f"{ref}: src/media/faces.py does not import faces_onnx as expected")
+        _load_module("faces_onnx_baseline", folder, onnx_source)
+        source = source.replace(_ONNX_IMPORT, "import faces_onnx_baseline as faces_onnx")
+    return _load_module("faces_baseline", folder, source)
 
 
 def calls(module: Any, detector: Any) -> dict[str, Callable[[np.ndarray], Any]]:
@@ -162,14 +200,23 @@ def calls(module: Any, detector: Any) -> dict[str, Callable[[np.ndarray], Any]]:
     }
 
 
-def time_calls(detect: Callable[[np.ndarray], Any], images: list[np.ndarray]) -> list[float]:
-    """Seconds of one call per image, one thread."""
-    times = []
+def time_calls(
+    detect: Callable[[np.ndarray], Any], images: list[np.ndarray]
+) -> tuple[list[float], list[float]]:
+    """(wall seconds, CPU seconds of the calling thread) of one call per image, one thread.
+
+    Every detector here computes on the calling thread alone (ONNX Runtime with one intra-op
+    thread; torch and OpenCV set to one thread), so its CPU time is its work, less disturbed
+    by other jobs on the machine than wall time (which also counts the time it waited for a
+    core).
+    """
+    wall, cpu = [], []
     for image in images:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         detect(image)
-        times.append(time.perf_counter() - start)
-    return times
+        cpu.append(time.thread_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
+    return wall, cpu
 
 
 def time_threads(
@@ -214,6 +261,11 @@ def profile(detect: Callable[[np.ndarray], Any], image: np.ndarray, calls: int, 
     return buffer.getvalue()
 
 
+def _load_average() -> str:
+    """The 1-, 5- and 15-minute load averages (other jobs on the machine skew the times)."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def _set_threads(single: bool) -> None:
     import torch
 
@@ -235,7 +287,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline",
         metavar="REF",
-        help="also time src/media/faces.py as it was at this commit (its default detector)",
+        help="also time src/media/faces.py and faces_onnx.py as they were at this commit "
+        "(its default detector; HEAD: the committed code)",
     )
     parser.add_argument(
         "--rounds", type=int, default=20, help="passes over each image set, per way of running"
@@ -258,22 +311,25 @@ Subject = tuple[str, Callable[[np.ndarray], Any]]
 def measure(
     subjects: list[Subject], sets: dict[str, dict[str, np.ndarray]], args: argparse.Namespace
 ) -> dict[str, dict[str, float]]:
-    """Medians per subject and image set, the subjects interleaved round by round, so that
-    a burst of outside load falls on all of them alike."""
+    """Medians per subject and image set, the subjects interleaved round by round (in turn
+    forwards and backwards), so that a burst of outside load falls on all of them alike."""
     one: dict[tuple[str, str], list[float]] = {}
+    one_cpu: dict[tuple[str, str], list[float]] = {}
     many: dict[tuple[str, str], list[float]] = {}
     wall: dict[tuple[str, str], float] = {}
     _set_threads(single=True)
     for _, fn in subjects:  # warm-up: first calls build sessions, kernels and caches
         for images in sets.values():
             time_calls(fn, list(images.values()))
-    for _ in range(args.rounds):
-        for name, fn in subjects:
+    for turn in range(args.rounds):
+        for name, fn in subjects if turn % 2 == 0 else subjects[::-1]:
             for set_name, images in sets.items():
-                one.setdefault((name, set_name), []).extend(time_calls(fn, list(images.values())))
+                times, cpu = time_calls(fn, list(images.values()))
+                one.setdefault((name, set_name), []).extend(times)
+                one_cpu.setdefault((name, set_name), []).extend(cpu)
     _set_threads(single=False)
-    for _ in range(args.rounds):
-        for name, fn in subjects:
+    for turn in range(args.rounds):
+        for name, fn in subjects if turn % 2 == 0 else subjects[::-1]:
             for set_name, images in sets.items():
                 times, seconds = time_threads(fn, list(images.values()), args.workers)
                 many.setdefault((name, set_name), []).extend(times)
@@ -284,6 +340,7 @@ def measure(
         for set_name in sets:
             key = (name, set_name)
             row[f"{set_name}_1thread_ms"] = 1000 * statistics.median(one[key])
+            row[f"{set_name}_1thread_cpu_ms"] = 1000 * statistics.median(one_cpu[key])
             row[f"{set_name}_service_ms"] = 1000 * statistics.median(many[key])
             row[f"{set_name}_service_img_s"] = len(many[key]) / wall[key]
     return results
@@ -295,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     detectors: list[tuple[str, Any, Any]] = []
     if args.baseline:
         module = baseline_module(args.baseline)
-        detectors.append((f"{args.baseline} (torch)", module, module.FaceDetector()))
+        detector = module.FaceDetector()
+        runtime = getattr(detector, "runtime", None) or "torch"
+        detectors.append((f"{args.baseline} ({runtime})", module, detector))
     from src.media import faces
 
     for runtime in args.runtime:
@@ -306,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, module, detector in detectors
         for call, fn in calls(module, detector).items()
     ]
+    load_before = _load_average()
     results = measure(subjects, sets, args)
     if args.profile:
         _set_threads(single=True)
@@ -314,26 +374,51 @@ def main(argv: list[str] | None = None) -> int:
             print(profile(fn, sets["photo224"]["real_0"], 200, 18))
             print(f"== {name}, profile, frame0 x 20")
             print(profile(fn, sets["frame720"]["frame0"], 20, 18))
-    print(report(results, args.workers))
+    load_after = _load_average()
+    print(f"1-, 5-, 15-minute load average: {load_before} before, {load_after} after")
+    print(report(results, args.workers, args.baseline))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        out = {"load_average": {"before": load_before, "after": load_after}, "results": results}
+        args.json.write_text(json.dumps(out, indent=2))
     return 0
 
 
-def report(results: dict[str, dict[str, float]], workers: int) -> str:
+def report(results: dict[str, dict[str, float]], workers: int, baseline: str | None = None) -> str:
+    """The table; with ``baseline`` (a detector name prefix), each row's 1-thread median wall
+    and CPU time over the baseline's for the same call and image set."""
+    ratio_head = " | vs baseline, 1 thread (wall, CPU)" if baseline else ""
     lines = [
-        f"| detector: call | set | 1 thread, median ms | {workers} threads at once, median ms | "
-        f"{workers} threads, img/s | target ms |",
-        "|---|---|---|---|---|---|",
+        f"| detector: call | set | 1 thread, median ms | 1 thread, median CPU ms | "
+        f"{workers} threads at once, median ms | {workers} threads, img/s | target ms"
+        f"{ratio_head} |",
+        "|---|---|---|---|---|---|---|" + ("---|" if baseline else ""),
     ]
     for name, row in results.items():
+        call = name.rsplit(": ", 1)[-1]
+        base = next(
+            (
+                r
+                for n, r in results.items()
+                if baseline and n.startswith(baseline) and n.endswith(f": {call}")
+            ),
+            None,
+        )
         for set_name in ("photo224", "photo", "frame720"):
             target = TARGETS_MS.get(set_name)
-            lines.append(
+            line = (
                 f"| {name} | {set_name} | {row[f'{set_name}_1thread_ms']:.1f} | "
+                f"{row[f'{set_name}_1thread_cpu_ms']:.1f} | "
                 f"{row[f'{set_name}_service_ms']:.1f} | {row[f'{set_name}_service_img_s']:.0f} | "
                 f"{'' if target is None else f'{target:g}'} |"
             )
+            if baseline:
+                if base is None:
+                    line += " |"
+                else:
+                    wall = row[f"{set_name}_1thread_ms"] / base[f"{set_name}_1thread_ms"]
+                    cpu = row[f"{set_name}_1thread_cpu_ms"] / base[f"{set_name}_1thread_cpu_ms"]
+                    line += f" {wall:.2f}, {cpu:.2f} |"
+            lines.append(line)
     return "\n".join(lines)
 
 

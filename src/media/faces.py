@@ -29,6 +29,7 @@ import importlib.metadata
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -239,21 +240,50 @@ def _mtcnn_nets(runtime: Runtime) -> MtcnnNets:
 
 # NMS with an (N, N) overlap matrix up to this many boxes (N^2 float64s), a loop beyond.
 _NMS_MATRIX_MAX = 1024
+# With groups (boxes of different groups never overlap), one matrix over every group up to this
+# many boxes; beyond, one call per group.
+_NMS_GROUPED_MATRIX_MAX = 128
 
 
-def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float, mode: str = "union") -> np.ndarray:
+def _nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    thr: float,
+    mode: str = "union",
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
     """Greedy non-maximum suppression on ``(N, 4)`` x1y1x2y2 boxes; returns kept indices.
 
     Highest score first (ties in input order); a box is dropped when it overlaps a kept one by
-    more than ``thr`` (IoU, or intersection over the smaller area with ``mode="min"``).
+    more than ``thr`` (IoU, or intersection over the smaller area with ``mode="min"``). With
+    ``groups`` (one integer per box), boxes of different groups never drop each other: one
+    call does what one call per group would (the kept indices come in score order overall).
     """
     n = len(boxes)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    if mode == "union" and _NMS_WITH_OPENCV:
+        by_opencv = _nms_opencv(boxes, scores, thr, groups)
+        if by_opencv is not None:
+            return by_opencv
     order = np.argsort(-scores, kind="stable")
-    b = boxes[order]
-    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    if groups is not None and n > _NMS_GROUPED_MATRIX_MAX:
+        # Many boxes: one call per group (a matrix per group is much smaller than one over
+        # all boxes), the kept ones merged in score order.
+        groups = np.asarray(groups)
+        kept_parts = []
+        for value in np.unique(groups):
+            members = np.flatnonzero(groups == value)
+            kept_parts.append(members[_nms(boxes[members], scores[members], thr, mode)])
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        merged = np.concatenate(kept_parts)
+        return merged[np.argsort(rank[merged], kind="stable")]
+    # One contiguous row per coordinate: NumPy's broadcasts below are several times slower on
+    # the strided columns of an (N, 4) array.
+    x1, y1, x2, y2 = np.ascontiguousarray(boxes[order, :4].T)
     area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    g = None if groups is None else np.asarray(groups)[order]
     if n <= _NMS_MATRIX_MAX:
         iw = np.maximum(0.0, np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1) + 1)
         ih = np.maximum(0.0, np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1) + 1)
@@ -262,18 +292,18 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float, mode: str = "union")
             over = inter / np.minimum(area[:, None], area) > thr
         else:
             over = inter / (area[:, None] + area - inter) > thr
-        # Walk the kept boxes only: each drops what it overlaps (and itself) from the rest.
-        done = np.zeros(n, dtype=bool)
+        if g is not None:
+            over &= g[:, None] == g
+        # The greedy walk on Python integers used as bit sets (bit j of row i: box i drops
+        # box j): a few hundred nanoseconds per box instead of several NumPy calls.
+        rows = np.packbits(over, axis=1, bitorder="little")
+        done = 0
         kept: list[int] = []
-        i = 0
-        while True:
-            kept.append(i)
-            done |= over[i]
-            done[i] = True
-            left = np.flatnonzero(~done[i + 1 :])
-            if left.size == 0:
-                return order[np.asarray(kept, dtype=np.int64)]
-            i += 1 + int(left[0])
+        for i in range(n):
+            if not (done >> i) & 1:
+                kept.append(i)
+                done |= int.from_bytes(rows[i].tobytes(), "little")
+        return order[np.asarray(kept, dtype=np.int64)]
     rest = np.arange(n)
     keep: list[int] = []
     while rest.size > 0:
@@ -287,8 +317,42 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float, mode: str = "union")
             ovr = inter / np.minimum(area[i], area[rest])
         else:
             ovr = inter / (area[i] + area[rest] - inter)
-        rest = rest[ovr <= thr]
+        stays = ovr <= thr
+        if g is not None:
+            stays |= g[rest] != g[i]
+        rest = rest[stays]
     return order[np.asarray(keep, dtype=np.int64)]
+
+
+# Union-mode NMS with OpenCV's (cv2.dnn.NMSBoxes: the same greedy rule, in C++) where it can
+# give the same answer: float32 scores above 0 (it keeps only scores above a threshold >= 0).
+_NMS_WITH_OPENCV = hasattr(getattr(cv2, "dnn", None), "NMSBoxesBatched")
+
+
+def _nms_opencv(
+    boxes: np.ndarray, scores: np.ndarray, thr: float, groups: np.ndarray | None
+) -> np.ndarray | None:
+    """:func:`_nms` (``mode="union"``) by ``cv2.dnn.NMSBoxes`` (``NMSBoxesBatched`` with
+    ``groups``), or None where the scores are not float32 values above 0.
+
+    OpenCV sorts the scores (float32) in descending order with ties in input order, keeps a
+    box when its IoU with every kept box is at most ``thr``, and measures boxes as ``x, y,
+    width, height`` doubles: ``x2 - x1 + 1`` wide, as here. Its IoU is rounded to float32
+    before the comparison, which can only matter for an IoU within ~1e-7 of ``thr``.
+    With groups it shifts each group's boxes apart (exact for the integer boxes of P-Net).
+    """
+    scores32 = scores.astype(np.float32)
+    if not (scores32.min() > 0 and np.array_equal(scores32, scores)):
+        return None
+    rects = boxes[:, :4].astype(np.float64)  # a copy: x, y, width, height below
+    rects[:, 2:] -= rects[:, :2] - 1
+    # (Lists: OpenCV's bindings convert them faster than arrays.)
+    if groups is None:
+        kept = cv2.dnn.NMSBoxes(rects.tolist(), scores32.tolist(), 0.0, thr)
+    else:
+        ids = np.asarray(groups).tolist()
+        kept = cv2.dnn.NMSBoxesBatched(rects.tolist(), scores32.tolist(), ids, 0.0, thr)
+    return np.asarray(kept, dtype=np.int64).reshape(-1)
 
 
 def _rerec(b: np.ndarray) -> np.ndarray:
@@ -324,7 +388,8 @@ class _Pixels:
     no more than ``_LEVEL_STEP`` (``_CROP_STEP``), so no resize reads many more pixels than it
     writes. Halvings are exact 2x2 means (OpenCV's fast integer ``INTER_AREA`` on ``uint8``);
     the last step is ``INTER_AREA`` on ``float32`` (OpenCV's faster path for fractional
-    ratios).
+    ratios). P-Net's candidates per pyramid level are kept (:meth:`pnet_candidates`), so that
+    a second search over more levels of the same image does not run P-Net again.
     """
 
     def __init__(self, rgb: np.ndarray, det_w: int, det_h: int) -> None:
@@ -334,6 +399,9 @@ class _Pixels:
         # Pixels of the image per pixel of the detection image, per axis.
         self.kx = rgb.shape[1] / det_w
         self.ky = rgb.shape[0] / det_h
+        self.candidates: dict[float, np.ndarray] = {}
+        # R-/O-Net outputs per box (its four float64 coordinates' bytes): (outputs, row).
+        self.scored: dict[int, dict[bytes, tuple[tuple[np.ndarray, ...], int]]] = {24: {}, 48: {}}
 
     def halving(self, j: int) -> np.ndarray:
         while len(self.halvings) <= j:
@@ -368,25 +436,82 @@ class _Pixels:
             return src
         return cv2.resize(src, (ws, hs), interpolation=cv2.INTER_AREA)
 
+    def pnet_candidates(self, scale: float, nets: MtcnnNets, threshold: float) -> np.ndarray:
+        """P-Net's windows at pyramid level ``scale`` scoring ``threshold`` or more: ``(N, 9)``
+        float64 rows ``x1, y1, x2, y2, score, 4 x regression``, in row-major window order."""
+        cand = self.candidates.get(scale)
+        if cand is None:
+            hs, ws = int(self.det_h * scale + 1), int(self.det_w * scale + 1)
+            prob, reg = nets.pnet(self.level(ws, hs))
+            ys, xs = np.nonzero(prob >= threshold)
+            cand = np.empty((len(ys), 9), dtype=np.float64)
+            if len(ys):
+                cand[:, 0] = np.floor((2 * xs + 1) / scale)
+                cand[:, 1] = np.floor((2 * ys + 1) / scale)
+                cand[:, 2] = np.floor((2 * xs + 12) / scale)
+                cand[:, 3] = np.floor((2 * ys + 12) / scale)
+                cand[:, 4] = prob[ys, xs]
+                cand[:, 5:] = reg[:, ys, xs].T
+            self.candidates[scale] = cand
+        return cand
+
+    def score(
+        self, boxes: np.ndarray, size: int, net: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+    ) -> tuple[np.ndarray, ...]:
+        """``net`` (R-Net for ``size`` 24, O-Net for 48) on the crops of x1y1x2y2 ``boxes``:
+        its outputs, one row per box. A box already scored on this image (an earlier, coarser
+        search) is not run again: its crop, hence its outputs, would be the same."""
+        cache = self.scored[size]
+        keys = [row.tobytes() for row in np.ascontiguousarray(boxes[:, :4])]
+        todo = [i for i, key in enumerate(keys) if key not in cache]
+        if todo:
+            fresh = net(self.crops(boxes if len(todo) == len(keys) else boxes[todo], size))
+            for j, i in enumerate(todo):
+                cache[keys[i]] = (fresh, j)
+            if len(todo) == len(keys):
+                return fresh
+        rows = [cache[key] for key in keys]
+        count = len(rows[0][0])
+        return tuple(np.stack([out[k][j] for out, j in rows]) for k in range(count))
+
     def crops(self, boxes: np.ndarray, size: int) -> np.ndarray:
         """``size x size`` ``float32`` crops of x1y1x2y2 boxes, clamped to the image and
         stretched as facenet-pytorch does (an empty crop is black)."""
-        out = np.zeros((len(boxes), size, size, 3), dtype=np.float32)
+        n = len(boxes)
+        out = np.zeros((n, size, size, 3), dtype=np.float32)
+        if n == 0:
+            return out
         bi = np.trunc(boxes[:, :4]).astype(np.int64)
-        for k, (x1, y1, x2, y2) in enumerate(bi.tolist()):
-            x1, y1 = max(x1, 1) - 1, max(y1, 1) - 1
-            x2, y2 = min(x2, self.det_w), min(y2, self.det_h)
-            if x2 <= x1 or y2 <= y1:
-                continue
-            side = min((x2 - x1) * self.kx, (y2 - y1) * self.ky)
-            j = self._halvings_for(size / side, _CROP_STEP)
-            src = self.float_halving(j)
-            j = min(j, len(self.halvings) - 1)  # (an image too small to halve that often)
-            fx, fy = self.kx * 0.5**j, self.ky * 0.5**j
-            c0, r0 = round(x1 * fx), round(y1 * fy)
-            patch = src[r0 : max(round(y2 * fy), r0 + 1), c0 : max(round(x2 * fx), c0 + 1)]
+        x1 = np.maximum(bi[:, 0], 1) - 1
+        y1 = np.maximum(bi[:, 1], 1) - 1
+        x2 = np.minimum(bi[:, 2], self.det_w)
+        y2 = np.minimum(bi[:, 3], self.det_h)
+        ok = (x2 > x1) & (y2 > y1)
+        side = np.minimum((x2 - x1) * self.kx, (y2 - y1) * self.ky)
+        # Halvings before each resize (as _halvings_for: the most with ratio * 2^j <= step).
+        ratio = size / np.where(ok, side, 1.0)
+        j = np.zeros(n, dtype=np.int64)
+        for _ in range(30):
+            more = ratio * np.exp2(j + 1) <= _CROP_STEP
+            if not more.any():
+                break
+            j += more
+        for jk in np.unique(j[ok]).tolist():
+            self.halving(jk)
+        j = np.minimum(j, len(self.halvings) - 1)  # (an image too small to halve that often)
+        for jk in np.unique(j[ok]).tolist():
+            self.float_halving(jk)  # made once, before the loop below reads it
+        # The box in the halving's pixels (Python's round and NumPy's both round half to even).
+        f = np.exp2(-j)
+        c0 = np.round(x1 * (self.kx * f)).astype(np.int64)
+        r0 = np.round(y1 * (self.ky * f)).astype(np.int64)
+        c1 = np.maximum(np.round(x2 * (self.kx * f)).astype(np.int64), c0 + 1)
+        r1 = np.maximum(np.round(y2 * (self.ky * f)).astype(np.int64), r0 + 1)
+        rows = np.stack([j, r0, r1, c0, c1], axis=1)[ok].tolist()
+        for k, (jk, a, b, c, d) in zip(np.flatnonzero(ok).tolist(), rows, strict=True):
+            patch = self.floats[jk][a:b, c:d]
             if patch.size:
-                out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+                cv2.resize(patch, (size, size), dst=out[k], interpolation=cv2.INTER_AREA)
         return out
 
 
@@ -417,27 +542,17 @@ def _mtcnn_stages(
     thresholds: tuple[float, float, float],
 ) -> _Raw:
     """facenet-pytorch's ``detect_face`` over the pyramid levels ``scales``."""
-    w, h = pixels.det_w, pixels.det_h
-
-    # Stage 1: P-Net over the image pyramid.
-    all_boxes: list[np.ndarray] = []
-    for scale in scales:
-        hs, ws = int(h * scale + 1), int(w * scale + 1)
-        prob, reg = nets.pnet(pixels.level(ws, hs))
-        ys, xs = np.nonzero(prob >= thresholds[0])
-        if len(ys) == 0:
-            continue
-        score = prob[ys, xs]
-        q1x = np.floor((2 * xs + 1) / scale)
-        q1y = np.floor((2 * ys + 1) / scale)
-        q2x = np.floor((2 * xs + 12) / scale)
-        q2y = np.floor((2 * ys + 12) / scale)
-        cand = np.stack([q1x, q1y, q2x, q2y, score], axis=1)
-        cand = np.concatenate([cand, reg[:, ys, xs].T], axis=1)
-        all_boxes.append(cand[_nms(cand[:, :4], cand[:, 4], 0.5)])
-    if not all_boxes:
+    # Stage 1: P-Net over the image pyramid; NMS within each level (one grouped call), then
+    # over all levels.
+    per_level = [pixels.pnet_candidates(scale, nets, thresholds[0]) for scale in scales]
+    counts = [len(c) for c in per_level]
+    if not any(counts):
         return []
-    boxes = np.concatenate(all_boxes, axis=0)
+    cand = np.concatenate(per_level, axis=0)
+    level = np.repeat(np.arange(len(per_level)), counts)
+    # The kept boxes come in score order, ties in level order then window order: the order in
+    # which the next NMS, which sorts by score, sees them after one call per level too.
+    boxes = cand[_nms(cand[:, :4], cand[:, 4], 0.5, groups=level)]
     boxes = boxes[_nms(boxes[:, :4], boxes[:, 4], 0.7)]
     regw = boxes[:, 2] - boxes[:, 0]
     regh = boxes[:, 3] - boxes[:, 1]
@@ -454,7 +569,7 @@ def _mtcnn_stages(
     b = _rerec(b)
 
     # Stage 2: R-Net on 24x24 crops.
-    score, reg = nets.rnet(pixels.crops(b, 24))
+    score, reg = pixels.score(b, 24, nets.rnet)
     ok = score > thresholds[1]
     b = np.concatenate([b[ok, :4], score[ok, None]], axis=1)
     mv = reg[ok]
@@ -464,7 +579,7 @@ def _mtcnn_stages(
     b = _rerec(_bbreg(b[keep], mv[keep]))
 
     # Stage 3: O-Net on 48x48 crops, with landmarks.
-    score, reg, pts = nets.onet(pixels.crops(b, 48))
+    score, reg, pts = pixels.score(b, 48, nets.onet)
     ok = score > thresholds[2]
     if not ok.any():
         return []
@@ -510,7 +625,9 @@ def _mtcnn_detect(
     are searched first, and when they find a face (scoring ``min_score`` or more) at least
     ``_SKIP_FINE_FACTOR`` times the fine levels' largest window, the fine levels, which hold
     most of the pixels and most of the false candidates, are skipped: no face they could find
-    would be larger. Otherwise every level is searched, as without ``largest_only``.
+    would be larger. Otherwise every level is searched, as without ``largest_only``, reusing
+    what the coarse search computed (P-Net per level, R-/O-Net per box: see
+    :class:`_Pixels`), so that it costs little more than searching every level at once.
     """
     w, h = det_size
     pixels = _Pixels(rgb, w, h)
