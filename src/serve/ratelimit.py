@@ -74,6 +74,8 @@ def storage_errors(storage: Storage) -> tuple[type[BaseException], ...]:
     from redis.exceptions import RedisError
 
     return (*STORAGE_ERRORS, RedisError)
+
+
 UNLIMITED = "unlimited"
 PolicyName = Literal["rate", "quota"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
