@@ -343,6 +343,7 @@ class ModelManager:
         for service in list(self.registry.loaded.values()):
             await service.batcher.stop()
         self.core.close()
+        logger.info("inference service stopped")
 
     # ----------------------------------------------------------- requests
     def route(self, caller_key: str | None, pinned: str | None = None) -> InferenceService:
