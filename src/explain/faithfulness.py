@@ -4,6 +4,10 @@ On the fakes of a split (face crops, as the training data), every method explain
 the deletion metric (:mod:`src.explain.deletion`) compares deleting its hottest 20% with deleting
 a random 20%. ``--overlays DIR`` also writes example overlays (a row per image: the crop, then one
 overlay per method) for the docs.
+
+``--explain-regions slic`` makes LIME and SHAP weigh SLIC superpixels (scikit-image, installed
+with the torch set) instead of the service's grid cells: the comparison behind the grid
+(:func:`src.explain.methods.superpixels`).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import torch
 
 from src.core.labels import FAKE, LABELS
 from src.explain.deletion import Deletion, deletion
-from src.explain.kinds import METHODS, Method
-from src.explain.methods import ExplainConfig, GradientExplainer, explain_crop
+from src.explain.gradients import GradientExplainer
+from src.explain.kinds import GRADIENT_METHODS, METHODS, Method
+from src.explain.methods import ExplainConfig, explain_crop, grid_cells, perturbation_heat
 from src.explain.render import overlay, png
 from src.models.backends import torch as torch_backend
 from src.models.transforms import build_crop
@@ -31,6 +36,7 @@ from src.train.dataset import load_split
 
 OVERLAY_EXAMPLES = 2
 OVERLAY_TILE = 176  # px a side in docs/img: small enough to commit
+REGIONS = ("grid", "slic")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,13 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
         "about a second each)",
     )
     group.add_argument(
+        "--explain-regions",
+        choices=REGIONS,
+        default="grid",
+        help="the regions LIME and SHAP switch on and off: grid (the service's) or slic "
+        "(SLIC superpixels, for comparison)",
+    )
+    group.add_argument(
         "--overlays", type=Path, default=None, help="write example overlays into this folder"
     )
 
@@ -87,12 +100,21 @@ def explain_report(args: argparse.Namespace, device: torch.device) -> tuple[str,
         chosen = spread(fakes, args.explain_limit)
         for checkpoint in args.checkpoint:
             print(f"explaining {len(chosen)} fakes of {split} with {checkpoint}", file=sys.stderr)
-            measured = measure(checkpoint, chosen, args.explain_methods, device, args.overlays)
-            tables.append(format_faithfulness(f"{Path(checkpoint).name}@{split}", measured))
+            measured = measure(
+                checkpoint,
+                chosen,
+                args.explain_methods,
+                device,
+                args.overlays,
+                regions=args.explain_regions,
+            )
+            title = f"{Path(checkpoint).name}@{split}, {args.explain_regions} regions"
+            tables.append(format_faithfulness(title, measured))
             results.append(
                 {
                     "checkpoint": str(checkpoint),
                     "split": split,
+                    "regions": args.explain_regions,
                     "methods": [faithfulness_json(m) for m in measured],
                 }
             )
@@ -113,6 +135,7 @@ def measure(
     device: torch.device,
     overlays: Path | None = None,
     config: ExplainConfig | None = None,
+    regions: str = "grid",
 ) -> list[MethodFaithfulness]:
     config = config or ExplainConfig()
     backend = torch_backend.load(checkpoint, device)
@@ -130,7 +153,11 @@ def measure(
         row = [crop]
         for method in methods:
             started = time.perf_counter()
-            heat = explain_crop(method, crop, config, gradients=gradients, score=score)
+            if regions == "slic" and method not in GRADIENT_METHODS:
+                segments = slic_superpixels(crop, config.superpixels)
+                heat = perturbation_heat(method, crop, score, config, segments=segments)
+            else:
+                heat = explain_crop(method, crop, config, gradients=gradients, score=score)
             seconds[method] += time.perf_counter() - started
             found[method].append(deletion(crop, heat, score, seed=index))
             row.append(overlay(crop, heat))
@@ -139,6 +166,19 @@ def measure(
     if overlays is not None and rows:
         write_overlays(overlays, rows, methods)
     return [MethodFaithfulness(m, tuple(found[m]), seconds[m]) for m in methods]
+
+
+def slic_superpixels(crop: np.ndarray, count: int) -> np.ndarray:
+    """SLIC segments of the crop as an int (S, S) map labelled 0..K-1 (scikit-image), the grid
+    where SLIC finds too few (noise or flat images): the regions LIME and SHAP used before the
+    service's grid (``--explain-regions slic``)."""
+    from skimage.segmentation import slic
+
+    labels = slic(crop, n_segments=count, compactness=10.0, start_label=0, channel_axis=-1)
+    _, dense = np.unique(labels, return_inverse=True)
+    if int(dense.max()) + 1 >= max(4, count // 4):
+        return dense.reshape(labels.shape).astype(np.int64)
+    return grid_cells(crop.shape[0], count)
 
 
 def read_rgb(path: Path) -> np.ndarray:

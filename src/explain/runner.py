@@ -12,8 +12,13 @@
 * **Deadline**: past it the caller gets 504, the explanation's next model job is refused, and its
   thread stops at the next batch boundary; the service stays healthy.
 
-The torch network for the gradient methods is the serving backend's own when that is torch, else
-it is loaded from the same checkpoint on the first gradient explanation, on the model thread.
+LIME and SHAP (:mod:`src.explain.methods`) are NumPy and OpenCV only, so they run on every
+backend, ONNX Runtime in the torch-free image included, and import no torch. The torch network
+for the gradient methods (:mod:`src.explain.gradients`, torch and Captum) is the serving
+backend's own when that is torch, else it is loaded from the same checkpoint on the first
+gradient explanation, on the model thread, where torch and Captum are installed; where they are
+not, a gradient method is refused with 422 ``method_unavailable``
+(:func:`src.explain.kinds.method_support`).
 """
 
 from __future__ import annotations
@@ -43,11 +48,12 @@ from src.core.labels import decide
 from src.engine.executors import run_in
 from src.engine.service import InferenceService, Prediction
 from src.explain import render
-from src.explain.kinds import GRADIENT_METHODS, ExplainConfig, Method
+from src.explain.kinds import GRADIENT_METHODS, ExplainConfig, Method, method_support
+from src.explain.methods import perturbation_heat
 from src.media.images import decode_image
 
-if TYPE_CHECKING:  # torch and Captum load with the first explanation, not with the service
-    from src.explain.methods import GradientExplainer
+if TYPE_CHECKING:  # torch and Captum load with the first gradient explanation, if ever
+    from src.explain.gradients import GradientExplainer
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -225,9 +231,9 @@ class ExplanationRunner:
         )
 
     async def _heat(self, method: Method, crop: np.ndarray, stop: _Stop) -> np.ndarray:
-        perturbation_heat = _methods().perturbation_heat
         config = self.settings.config()
         if method in GRADIENT_METHODS:
+            method_support(self.service.describe().backend).check(method)
             gradients = await self._gradient_explainer(stop)
             return await self._on_model_thread(stop, gradients.explain, method, crop, config)
         loop = asyncio.get_running_loop()
@@ -251,7 +257,7 @@ class ExplanationRunner:
 
     def _load_gradients(self) -> GradientExplainer:
         """The serving backend's torch network, or the same checkpoint loaded for torch."""
-        methods = _methods()
+        gradients = _gradients_module()
         if self._gradients is not None:
             return self._gradients
         model = getattr(self.service.backend, "model", None)
@@ -267,7 +273,7 @@ class ExplanationRunner:
             )
             model = loaded.model
             logger.info("torch network loaded for gradient explanations")
-        explainer: GradientExplainer = methods.GradientExplainer(model, self.service.metadata)
+        explainer: GradientExplainer = gradients.GradientExplainer(model, self.service.metadata)
         return explainer
 
     async def _on_thread(self, stop: _Stop, fn: Callable[..., T], *args: Any) -> T:
@@ -277,13 +283,15 @@ class ExplanationRunner:
         return await self.service.run_on_model_thread(stop.guard(fn), *args)
 
 
-def _methods() -> ModuleType:
-    """:mod:`src.explain.methods`, imported on the first explanation (torch and Captum)."""
+def _gradients_module() -> ModuleType:
+    """:mod:`src.explain.gradients`, imported on the first gradient explanation (torch and
+    Captum). :func:`method_support` refuses the gradient methods where those are not installed;
+    one that is installed but does not import is the service's fault (503)."""
     try:
-        return importlib.import_module("src.explain.methods")
+        return importlib.import_module("src.explain.gradients")
     except ImportError as exc:
         raise ServiceUnavailableError(
-            f"explanations need torch and Captum, which this installation lacks ({exc.name})"
+            f"the gradient explanations need torch and Captum, which did not import ({exc.name})"
         ) from exc
 
 

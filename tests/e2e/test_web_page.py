@@ -48,6 +48,22 @@ def test_an_image_gets_a_verdict_a_face_box_and_a_heat_overlay(page: Page, base_
     assert stored == [TEST_KEY, 0]
 
 
+def offered(page: Page) -> list[str]:
+    """The methods the page's list offers, once it has asked the service which it runs."""
+    page.wait_for_function("document.getElementById('method').dataset.loaded === '1'")
+    values: list[str] = page.locator("#method option").evaluate_all(
+        "options => options.map(o => o.value)"
+    )
+    return values
+
+
+def test_with_torch_every_method_is_offered(page: Page, base_url: str) -> None:
+    open_page(page, base_url)
+    assert offered(page) == ["gradcam", "ig", "lime", "shap"]
+    expect(page.locator("#method")).to_have_value("gradcam")
+    expect(page.locator("#method-note")).to_be_hidden()
+
+
 def test_the_method_can_be_chosen_with_the_keyboard(page: Page, base_url: str) -> None:
     open_page(page, base_url, "/ui/")
     page.get_by_label("API key").fill(TEST_KEY)

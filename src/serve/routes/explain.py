@@ -1,17 +1,25 @@
-"""``POST /explain``: ``/infer``'s verdict on an image, and where in the face its evidence is."""
+"""``POST /explain``: ``/infer``'s verdict on an image, and where in the face its evidence is;
+``GET /explain/methods``: which methods this service can run (the web page offers those)."""
 
 from __future__ import annotations
 
 import base64
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
 
 from src.core.errors import DeepfakeError
 from src.core.settings import Settings
 from src.engine.service import InferenceService
-from src.explain.kinds import Method
+from src.explain.kinds import (
+    GRADIENT_METHODS,
+    METHODS,
+    Method,
+    MethodUnavailableError,
+    method_support,
+)
 from src.explain.render import grid
 from src.explain.runner import Explained, ExplainSettings, ExplanationRunner
 from src.serve.deps import CallerDep, ServiceDep, SettingsDep, UploadGateDep
@@ -58,6 +66,46 @@ def explanation_runner(request: Request, service: InferenceService) -> Explanati
     return runner
 
 
+class MethodView(BaseModel):
+    name: Method
+    kind: Literal["gradient", "perturbation"] = Field(
+        description="gradient: reads the torch network's gradients (torch and Captum); "
+        "perturbation: only calls the serving backend's scores, on any backend."
+    )
+    available: bool
+    reason: str | None = Field(description="Why it cannot run here (null when it can).")
+
+
+class ExplainMethodsResponse(BaseModel):
+    backend: str = Field(description="The serving backend, as /ready names it.")
+    default: Method = Field(description="What /explain uses without ?method=.")
+    methods: list[MethodView]
+
+
+@router.get(
+    "/explain/methods", response_model=ExplainMethodsResponse, responses=error_responses(503)
+)
+async def explain_methods(service: ServiceDep) -> ExplainMethodsResponse:
+    """The explanation methods this service can run, and why not the others: LIME and SHAP on
+    every backend; Grad-CAM and integrated gradients where torch and Captum are installed (the
+    torch network is loaded from the same checkpoint on their first use when the backend is
+    ONNX Runtime). No key needed, as for `/ready`: the web page reads it before one is typed."""
+    support = method_support(service.describe().backend)
+    return ExplainMethodsResponse(
+        backend=support.backend,
+        default=support.default,
+        methods=[
+            MethodView(
+                name=method,
+                kind="gradient" if method in GRADIENT_METHODS else "perturbation",
+                available=method in support.available,
+                reason=support.why_not(method),
+            )
+            for method in METHODS
+        ],
+    )
+
+
 @router.post(
     "/explain",
     response_model=ExplainResponse,
@@ -77,12 +125,14 @@ async def explain(
     settings: SettingsDep,
     uploads: UploadGateDep,
     method: Annotated[
-        Method,
+        Method | None,
         Query(
             description="gradcam (fastest), ig (Integrated Gradients), lime or shap (over "
-            "superpixels; slowest)."
+            "regions of the crop; slowest). Default: gradcam where it runs, else lime. "
+            "gradcam and ig need torch: without it they are 422 method_unavailable "
+            "(`GET /explain/methods` lists what this service runs)."
         ),
-    ] = "gradcam",
+    ] = None,
 ) -> ExplainResponse | Response:
     """Why did the model say fake? The `/infer` answer for the image plus a heat map over the
     face crop the model scored: `explanation.heatmap_png` (the crop with the heat overlaid,
@@ -91,9 +141,17 @@ async def explain(
     Send the image as for `/infer`. With `Accept: image/png` the answer is the overlay PNG itself
     (the verdict in the `X-Fake-Prob` and `X-Label` headers). Explanations run one at a time
     (`DFD_MAX_CONCURRENT_EXPLAIN`; 503 when busy) within `DFD_EXPLAIN_TIMEOUT_S` (504).
+    LIME and SHAP run on every backend; Grad-CAM and integrated gradients need torch and Captum
+    (422 `method_unavailable` without them; `GET /explain/methods` says what runs here).
     """
-    runner = explanation_runner(request, service)
     metrics: Metrics = request.app.state.metrics
+    support = method_support(service.describe().backend)
+    method = method or support.default
+    reason = support.why_not(method)
+    if reason is not None:  # before the upload is read: nothing here could explain it
+        metrics.explanations.labels(method=method, outcome=MethodUnavailableError.code).inc()
+        raise MethodUnavailableError(reason)
+    runner = explanation_runner(request, service)
     await charge(request, 1)
     arrived_at: float = request.state.arrived_at
     deadline = arrived_at + settings.explain_timeout_s
@@ -136,7 +194,7 @@ def _response(
         real_prob=round(1.0 - fake_prob, 6),
         label=prediction.label,
         threshold=service.threshold,
-        model_version=service.metadata.version,
+        model_version=service.version,
         model_architecture=service.metadata.architecture,
         timings=Timings(
             preprocess_ms=round(prediction.preprocess_ms, 3),

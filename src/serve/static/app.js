@@ -21,6 +21,8 @@
     504: "The service took too long to answer.",
   };
 
+  const METHOD_UNAVAILABLE = "This service cannot make that kind of explanation.";
+
   const $ = (id) => document.getElementById(id);
   const form = $("ask");
   const keyInput = $("api-key");
@@ -29,6 +31,41 @@
   const dropZone = $("drop-zone");
   let chosenFile = null;
   let sourceUrl = null;
+
+  // ------------------------------------------------------------------ methods
+  // Offer only the explanation methods this service runs (GET /explain/methods, no key
+  // needed): without torch, LIME and SHAP only. Until it answers, or if it cannot, the page
+  // keeps its own list and the service says what it refuses.
+  async function loadMethods() {
+    let body = null;
+    try {
+      const response = await fetch("/explain/methods", { headers: { Accept: "application/json" } });
+      if (response.ok) body = await readJson(response);
+    } catch (error) {
+      return;
+    }
+    if (!body || !Array.isArray(body.methods)) return;
+    const runs = new Set(body.methods.filter((m) => m.available).map((m) => m.name));
+    if (!runs.size) return;
+    const chosen = methodInput.value;
+    const missing = [];
+    for (const option of Array.from(methodInput.options)) {
+      if (!runs.has(option.value)) {
+        missing.push(option.textContent.replace(/\s*\(.*\)$/, ""));
+        option.remove();
+      }
+    }
+    if (!runs.has(chosen) && runs.has(body.default)) methodInput.value = body.default;
+    const note = $("method-note");
+    note.textContent = missing.length
+      ? `${missing.join(" and ")} need PyTorch, which this service (${body.backend}) does not ` +
+        "have: it offers the methods above."
+      : "";
+    note.hidden = !missing.length;
+    methodInput.dataset.loaded = "1";
+  }
+
+  loadMethods();
 
   // ------------------------------------------------------------------ key and file
   keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
@@ -168,7 +205,8 @@
 
   function plainError(response, body) {
     const status = response.status;
-    const lead = PLAIN_WORDS[status] ||
+    const code = body && body.error ? body.error.code : "";
+    const lead = (code === "method_unavailable" && METHOD_UNAVAILABLE) || PLAIN_WORDS[status] ||
       (status >= 500
         ? `The service failed on this request (error ${status}). Try again later.`
         : `The service refused the request (error ${status}).`);

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -49,3 +50,28 @@ def test_spread_picks_evenly_and_keeps_short_lists() -> None:
     items = [Path(str(i)) for i in range(10)]
     assert spread(items, 3) == [Path("0"), Path("4"), Path("9")]
     assert spread(items[:2], 5) == items[:2]
+
+
+def test_lime_and_shap_can_be_measured_on_slic_superpixels_for_comparison(
+    checkpoint_path: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    json_out = tmp_path / "results.json"
+    argv = ["--checkpoint", str(checkpoint_path), "--data", str(data_dir), "--explain"]
+    argv += ["--explain-methods", "lime", "shap", "--explain-regions", "slic"]
+    argv += ["--explain-limit", "1", "--json-out", str(json_out)]
+    assert main(argv) == 0
+    assert "deletion metric, model.pt@test, slic regions" in capsys.readouterr().out
+    result = json.loads(json_out.read_text())["explanations"][0]
+    assert result["regions"] == "slic"
+    assert [m["method"] for m in result["methods"]] == ["lime", "shap"]
+
+
+def test_slic_superpixels_fall_back_to_the_grid_on_a_flat_image() -> None:
+    from src.explain.faithfulness import slic_superpixels
+    from src.explain.methods import grid_cells
+
+    flat = np.full((64, 64, 3), 128, dtype=np.uint8)
+    np.testing.assert_array_equal(slic_superpixels(flat, 25), grid_cells(64, 25))
+    textured = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    segments = slic_superpixels(textured, 25)
+    assert set(np.unique(segments)) == set(range(int(segments.max()) + 1))

@@ -3,7 +3,7 @@
 The model here is built so that the answer is known: its fake log-odds is the texture energy
 (squared Laplacian) of the crop's top-left quadrant, and the crop is noise everywhere. Every
 method must put its heat there, and deleting that heat must lower the score more than deleting
-random blobs does.
+random blobs does. (LIME and SHAP's own algorithms, without torch: ``test_perturbation.py``.)
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import torch
 from torch import nn
 
 from src.explain.deletion import deletion, random_pixels, top_pixels
+from src.explain.gradients import GradientExplainer, gradcam_layer
 from src.explain.kinds import METHODS, Method
 from src.explain.methods import (
     ExplainConfig,
-    GradientExplainer,
     ScoreFn,
     explain_crop,
-    gradcam_layer,
     log_odds,
     normalise,
     superpixels,
@@ -175,3 +174,34 @@ def test_helpers_keep_their_promises(crop: np.ndarray) -> None:
     flat = np.zeros((10, 10), dtype=np.float32)  # all ties: still exactly the count asked
     assert top_pixels(flat, 0.2, rng).sum() == 20
     assert random_pixels(40, 0.2, rng).sum() == 320
+
+
+@pytest.mark.parametrize("method", ["lime", "shap"])
+def test_lime_and_shap_give_the_same_map_on_onnx_runtime_as_on_torch(
+    checkpoint_path: Path, tmp_path: Path, method: Method
+) -> None:
+    """One implementation for every backend: the same masks, and scores within the export's
+    parity tolerance, give the same heat map."""
+    import shutil
+
+    from src.export import export_onnx
+    from src.models.backends import onnxruntime as ort_backend
+
+    checkpoint = tmp_path / "model.pt"
+    shutil.copy(checkpoint_path, checkpoint)
+    export_onnx(checkpoint)
+    backends = [torch_backend.load(checkpoint, "cpu"), ort_backend.load(checkpoint)]
+    size = backends[0].metadata.input_size
+    crop = np.random.default_rng(2).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    config = ExplainConfig(lime_samples=60, shap_samples=60, superpixels=16)
+    heats = [
+        explain_crop(
+            method,
+            crop,
+            config,
+            score=lambda crops, b=backend: np.array([s.fake_prob for s in b.score(list(crops))]),
+        )
+        for backend in backends
+    ]
+    assert heats[0].max() == pytest.approx(1.0)
+    np.testing.assert_allclose(heats[0], heats[1], atol=1e-3)

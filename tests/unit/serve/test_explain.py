@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -232,20 +233,72 @@ async def test_infer_is_served_while_a_long_explanation_runs(
         assert answered_during == 3, "/infer waited for the whole explanation"
 
 
-async def test_without_torch_and_captum_an_explanation_is_refused_in_the_error_shape(
-    explain_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def without_captum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As where torch and Captum are not installed: the gradient methods' modules include one
+    that does not exist (looked up as the service looks them up)."""
+    import src.explain.kinds as kinds
+
+    monkeypatch.setattr(kinds, "GRADIENT_MODULES", ("torch", "captum_not_installed_here"))
+
+
+async def test_the_methods_route_lists_every_method_where_torch_is_installed(
+    explain_client: httpx.AsyncClient,
 ) -> None:
-    """A torch-free installation serves /infer; /explain says what it lacks (never a 500)."""
-    import src.explain.runner as runner_module
+    response = await explain_client.get("/explain/methods")  # no key: the page reads it first
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["backend"] == (await explain_client.get("/ready")).json()["backend"]
+    assert body["default"] == "gradcam"
+    assert [(m["name"], m["kind"], m["available"], m["reason"]) for m in body["methods"]] == [
+        ("gradcam", "gradient", True, None),
+        ("ig", "gradient", True, None),
+        ("lime", "perturbation", True, None),
+        ("shap", "perturbation", True, None),
+    ]
 
-    def missing(name: str) -> None:
-        raise ModuleNotFoundError(f"No module named {name!r}", name="captum")
 
-    monkeypatch.setattr(runner_module.importlib, "import_module", missing)
+async def test_without_captum_gradient_methods_are_refused_and_lime_is_the_default(
+    explain_client: httpx.AsyncClient, without_captum: None
+) -> None:
+    """A torch-free installation explains with LIME and SHAP; Grad-CAM and IG are a 422 in the
+    one error shape that says what they need (never a 500), before the upload is read."""
+    body = (await explain_client.get("/explain/methods")).json()
+    assert body["default"] == "lime"
+    available = {m["name"]: m["available"] for m in body["methods"]}
+    assert available == {"gradcam": False, "ig": False, "lime": True, "shap": True}
+    reasons = {m["name"]: m["reason"] for m in body["methods"]}
+    assert "captum_not_installed_here" in reasons["ig"] and reasons["lime"] is None
+    for method in ("gradcam", "ig"):
+        response = await explain_client.post(
+            "/explain", params={"method": method}, files=infer_files(image_bytes()), headers=AUTH
+        )
+        error = assert_error(response, 422, "method_unavailable")
+        assert f"the {method} explanation needs the torch network" in error["message"]
+        assert "lime, shap" in error["message"]
+    response = await explain_client.post("/explain", files=infer_files(image_bytes()), headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json()["explanation"]["method"] == "lime"
     response = await explain_client.post(
-        "/explain", params={"method": "lime"}, files=infer_files(image_bytes()), headers=AUTH
+        "/explain", params={"method": "shap"}, files=infer_files(image_bytes()), headers=AUTH
     )
-    error = assert_error(response, 503, "not_ready")
-    assert "captum" in error["message"]
+    assert response.status_code == 200, response.text
+    series = (await explain_client.get("/metrics")).text
+    assert 'dfd_explanations_total{method="gradcam",outcome="method_unavailable"} 1.0' in series
+    assert 'dfd_explanations_total{method="lime",outcome="ok"} 1.0' in series
     inferred = await explain_client.post("/infer", files=infer_files(image_bytes()), headers=AUTH)
     assert inferred.status_code == 200
+
+
+async def test_the_runner_itself_refuses_a_gradient_method_it_cannot_run(
+    explain_app: FastAPI, explain_client: httpx.AsyncClient, without_captum: None
+) -> None:
+    """The check is not only the route's: a caller of the runner gets the same refusal."""
+    from src.explain.kinds import MethodUnavailableError
+
+    response = await explain_client.post("/explain", files=infer_files(image_bytes()), headers=AUTH)
+    assert response.status_code == 200, response.text
+    runner: ExplanationRunner = explain_app.state.explanation_runner
+    with pytest.raises(MethodUnavailableError, match="needs the torch network"):
+        await runner.explain_bytes(image_bytes(), "ig", deadline=time.perf_counter() + 30)
+    assert runner.gate.in_use == 0 and runner._gradients is None
