@@ -122,6 +122,14 @@ class Batcher(Generic[In, Out]):
             job.enqueued_ns = time.time_ns()
         self._queue.put_nowait(job)
         self._events.queue_depth(self._queue.qsize())
+        if timeout_s is None and disconnected is None:
+            # The common case (the caller guards the deadline and the client): the future
+            # alone, without asyncio.wait's callbacks and sets.
+            try:
+                return await future
+            finally:
+                if not future.done():
+                    future.cancel()  # the loop skips cancelled jobs
         waiters: set[asyncio.Future[Any]] = {future}
         if disconnected is not None:
             waiters.add(disconnected)

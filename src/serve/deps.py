@@ -42,6 +42,7 @@ __all__ = [
     "HistoryCallerDep",
     "InferCallerDep",
     "KeyRing",
+    "RoutedServiceDep",
     "ServiceDep",
     "SettingsDep",
     "UploadGateDep",
@@ -89,23 +90,35 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
+ModelVersionHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-Model-Version",
+        description="Answer with this loaded version of the model instead of the traffic "
+        "split's choice (GET /models lists them).",
+        pattern=MODEL_NAME_PATTERN,
+    ),
+]
+
+
 async def get_service(
-    request: Request,
-    model_version: Annotated[
-        str | None,
-        Header(
-            alias="X-Model-Version",
-            description="Answer with this loaded version of the model instead of the traffic "
-            "split's choice (GET /models lists them).",
-            pattern=MODEL_NAME_PATTERN,
-        ),
-    ] = None,
+    request: Request, model_version: ModelVersionHeader = None
 ) -> AsyncIterator[InferenceService]:
     """The routed version, held (leased) until the request is answered: a version being
     unloaded waits for the requests routed to it."""
     service = ready_service(request, getattr(request.state, "arrived_at", None), model_version)
     with service.lease():
         yield service
+
+
+async def get_routed_service(
+    request: Request, model_version: ModelVersionHeader = None
+) -> InferenceService:
+    """The routed version, as :func:`get_service` chooses it, *not* leased: the route takes
+    ``service.lease()`` itself for its whole body, its first statement (nothing runs on the
+    loop between the two). A dependency with ``yield`` costs FastAPI an exit stack, an async
+    context manager and a cancel scope per request; this one costs a call (the hot path)."""
+    return ready_service(request, getattr(request.state, "arrived_at", None), model_version)
 
 
 async def authenticate(request: Request, api_key: str | None) -> Caller:
@@ -181,6 +194,7 @@ async def get_rate_limits(request: Request) -> RateLimits:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 UploadGateDep = Annotated[UploadGate, Depends(get_upload_gate)]
 ServiceDep = Annotated[InferenceService, Depends(get_service)]
+RoutedServiceDep = Annotated[InferenceService, Depends(get_routed_service)]
 InferCallerDep = Annotated[Caller, Depends(get_caller)]
 HistoryCallerDep = Annotated[Caller, Depends(get_history_caller)]
 AdminCallerDep = Annotated[Caller, Depends(get_admin_caller)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -138,6 +138,8 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self._prediction_series: dict[tuple[str, str], Any] = {}
+        self._probability_series: dict[str, Any] = {}
         self._add_key_and_limit_series(r)
         self._add_store_series(r)
         self._add_drift_series(r)
@@ -220,8 +222,17 @@ class Metrics:
             self.model_info.remove(*_info_labels(service))
 
     def prediction_made(self, label: str, fake_prob: float, model_version: str) -> None:
-        self.predictions.labels(label=label, model_version=model_version).inc()
-        self.fake_probability.labels(model_version=model_version).observe(fake_prob)
+        # The labelled series are looked up once per (label, version), not per answer.
+        counter = self._prediction_series.get((label, model_version))
+        if counter is None:
+            counter = self.predictions.labels(label=label, model_version=model_version)
+            self._prediction_series[label, model_version] = counter
+        counter.inc()
+        histogram = self._probability_series.get(model_version)
+        if histogram is None:
+            histogram = self.fake_probability.labels(model_version=model_version)
+            self._probability_series[model_version] = histogram
+        histogram.observe(fake_prob)
 
     # The result store, cache and jobs (src/store); the writer's StoreEvents.
     def _add_store_series(self, r: CollectorRegistry) -> None:

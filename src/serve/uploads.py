@@ -71,14 +71,23 @@ def _too_large(limit: int) -> PayloadTooLargeError:
 
 @dataclass(eq=False)
 class Upload:
-    """One upload in progress: when it began and how many body bytes have arrived."""
+    """One upload in progress: when it began and how many body bytes have arrived.
+
+    ``stopped`` completes when the upload must end early (evicted, or the service draining):
+    a plain future the read waits on beside its own task, so a request costs no extra tasks.
+    """
 
     started: float
     received: int = 0
     evicted: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: asyncio.Future[None] | None = None
 
     def rate(self, now: float) -> float:
         return self.received / max(now - self.started, 1e-3)
+
+    def stop(self) -> None:
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(None)
 
 
 def _limited_receive(
@@ -134,7 +143,12 @@ class UploadGate:
 
     def close_after(self, grace_s: float) -> None:
         """End uploads still in progress ``grace_s`` from now (called when draining starts)."""
-        asyncio.get_running_loop().call_later(max(0.0, grace_s), self._closing.set)
+        asyncio.get_running_loop().call_later(max(0.0, grace_s), self._close)
+
+    def _close(self) -> None:
+        self._closing.set()
+        for upload in list(self._active):
+            upload.stop()
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[Upload]:
@@ -149,6 +163,7 @@ class UploadGate:
                 "too many uploads in progress; retry later", retry_after_s=self.retry_after_s
             )
         upload = Upload(started=time.perf_counter())
+        upload.stopped = asyncio.get_running_loop().create_future()
         self._active.add(upload)
         try:
             yield upload
@@ -167,6 +182,7 @@ class UploadGate:
             return False
         victim = min(slow, key=lambda upload: upload.rate(now))
         victim.evicted.set()
+        victim.stop()
         self._active.discard(victim)
         self._events.rejected("upload_too_slow")
         return True
@@ -228,19 +244,16 @@ class UploadGate:
         body_deadline = upload.started + body_timeout_s
         deadline = min(body_deadline, request_deadline)
         task = asyncio.ensure_future(reading)
-        stops = {
-            asyncio.ensure_future(self._closing.wait()),
-            asyncio.ensure_future(upload.evicted.wait()),
-        }
-        try:
-            done, _ = await asyncio.wait(
-                {task, *stops},
-                timeout=max(0.0, deadline - time.perf_counter()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            for stop in stops:
-                stop.cancel()
+        waiting: set[asyncio.Future[Any]] = {task}
+        if upload.stopped is not None:
+            waiting.add(upload.stopped)
+        if self._closing.is_set() or upload.evicted.is_set():
+            upload.stop()  # ended before this read began
+        done, _ = await asyncio.wait(
+            waiting,
+            timeout=max(0.0, deadline - time.perf_counter()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         if task in done:
             data = task.result()
             request.state.body_complete = True

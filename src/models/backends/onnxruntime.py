@@ -217,8 +217,15 @@ class OnnxRuntimeBackend(BatchScorer):
 
 def session_options(threads: int | None) -> ort.SessionOptions:
     """One model thread runs one pass at a time: ``threads`` intra-op threads, no inter-op
-    parallelism, sequential execution, every graph optimisation."""
+    parallelism, sequential execution, every graph optimisation.
+
+    The intra-op threads do not spin between passes: in the service they share the cores with
+    the preprocessing threads and the event loop, and a spinning pool takes the CPU those need
+    (BENCHMARKS.md round 7: under load, spinning off doubled c=32 throughput and cut the CPU per
+    answer from 25.6 to 14.8 ms; the face detector's sessions are set the same way)."""
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (the cores)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -18,6 +18,7 @@ from src.serve.metrics import Metrics
 from src.serve.schemas import error_body
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
 TRACEPARENT_HEADER = b"traceparent"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_logger = logging.getLogger("src.access")
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
-        if name == REQUEST_ID_HEADER.encode():
+        if name == _REQUEST_ID_HEADER:
             candidate = value.decode("latin-1").strip()
             return candidate if _VALID_REQUEST_ID.match(candidate) else None
     return None
@@ -50,6 +51,26 @@ class RequestContextMiddleware:
         self.app = app
         self.metrics = metrics
         self.tracing = tracing
+        # The labelled series, looked up once per label values rather than per request (the
+        # values are bounded: methods, route templates, statuses).
+        self._requests: dict[tuple[str, str, str], Any] = {}
+        self._latency: dict[tuple[str, str], Any] = {}
+
+    def _count(self, method: str, route: str, status: int, duration: float, span: Any) -> None:
+        key = (method, route, str(status))
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.metrics.http_requests.labels(
+                method=method, route=route, status=key[2]
+            )
+        counter.inc()
+        histogram = self._latency.get(key[:2])
+        if histogram is None:
+            histogram = self._latency[key[:2]] = self.metrics.http_latency.labels(
+                method=method, route=route
+            )
+        exemplar = {"trace_id": span.trace_id} if span is not None and span.sampled else None
+        histogram.observe(duration, exemplar)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,10 +93,8 @@ class RequestContextMiddleware:
             nonlocal status, status_sent
             if message["type"] == "http.response.start":
                 status, status_sent = message["status"], True
-                headers = [
-                    (k, v) for k, v in message.get("headers", []) if k != REQUEST_ID_HEADER.encode()
-                ]
-                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                headers = [(k, v) for k, v in message.get("headers", []) if k != _REQUEST_ID_HEADER]
+                headers.append((_REQUEST_ID_HEADER, request_id.encode()))
                 if span is not None:
                     headers.append((TRACEPARENT_HEADER, span.traceparent.encode()))
                 message = {**message, "headers": headers}
@@ -98,20 +117,19 @@ class RequestContextMiddleware:
         finally:
             duration = time.perf_counter() - started
             self.metrics.http_in_flight.dec()
-            route = route_template(scope)
             method = scope.get("method", "")
-            self.metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
-            exemplar = {"trace_id": span.trace_id} if span is not None and span.sampled else None
-            self.metrics.http_latency.labels(method=method, route=route).observe(duration, exemplar)
-            extra: dict[str, Any] = {
-                "method": method,
-                "path": scope.get("path", ""),
-                "status": status,
-                "duration_ms": round(duration * 1000, 2),
-                "client": (scope.get("client") or ("", 0))[0],
-                "key_id": getattr(state.get("caller"), "key_id", None),
-            }
-            access_logger.info("%s %s %s", method, scope.get("path", ""), status, extra=extra)
+            route = route_template(scope)
+            self._count(method, route, status, duration, span)
+            if access_logger.isEnabledFor(logging.INFO):  # no record built for nobody
+                extra: dict[str, Any] = {
+                    "method": method,
+                    "path": scope.get("path", ""),
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 2),
+                    "client": (scope.get("client") or ("", 0))[0],
+                    "key_id": getattr(state.get("caller"), "key_id", None),
+                }
+                access_logger.info("%s %s %s", method, scope.get("path", ""), status, extra=extra)
             if span is not None:
                 span.finish(status, route)
             request_id_var.reset(token)

@@ -32,6 +32,25 @@ DOCS_PATHS = frozenset({"/docs", "/redoc"})
 HSTS = b"max-age=31536000"
 
 
+def _added(policy: str, https: bool) -> tuple[tuple[bytes, bytes], ...]:
+    added = (
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-security-policy", policy.encode()),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+    )
+    return (*added, (b"strict-transport-security", HSTS)) if https else added
+
+
+# Every (policy, scheme) pair's headers, built once rather than per request.
+_ADDED = {
+    (policy, https): _added(policy, https)
+    for policy in (API_CSP, UI_CSP, DOCS_CSP)
+    for https in (False, True)
+}
+
+
 def policy_for(path: str) -> str:
     if path in UI_PATHS or path.startswith(UI_PREFIXES):
         return UI_CSP
@@ -53,15 +72,7 @@ class SecurityHeadersMiddleware:
         root = scope.get("root_path", "")
         path = scope.get("path", "")
         path = path[len(root) :] if root and path.startswith(root) else path
-        added = [
-            (b"x-content-type-options", b"nosniff"),
-            (b"content-security-policy", policy_for(path).encode()),
-            (b"referrer-policy", b"no-referrer"),
-            (b"x-frame-options", b"DENY"),
-            (b"cross-origin-opener-policy", b"same-origin"),
-        ]
-        if scope.get("scheme") == "https":
-            added.append((b"strict-transport-security", HSTS))
+        added = _ADDED[policy_for(path), scope.get("scheme") == "https"]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

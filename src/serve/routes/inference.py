@@ -8,13 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from src.core.labels import decide
-from src.engine.service import Prediction
-from src.serve.deps import CallerDep, ServiceDep, SettingsDep, UploadGateDep
+from src.core.settings import Settings
+from src.engine.service import InferenceService, Prediction
+from src.serve.deps import CallerDep, RoutedServiceDep
 from src.serve.ratelimit import charge
 from src.serve.routes.openapi import IMAGE_UPLOAD_BODY, error_responses
 from src.serve.routes.predictions import look_up, remember, store_result
 from src.serve.schemas import InferenceResponse, Timings
-from src.serve.uploads import while_connected
+from src.serve.uploads import UploadGate, while_connected
 
 router = APIRouter(tags=["inference"])
 
@@ -26,12 +27,7 @@ router = APIRouter(tags=["inference"])
     openapi_extra=IMAGE_UPLOAD_BODY,
 )
 async def infer(
-    request: Request,
-    response: Response,
-    caller: CallerDep,
-    service: ServiceDep,
-    settings: SettingsDep,
-    uploads: UploadGateDep,
+    request: Request, response: Response, caller: CallerDep, service: RoutedServiceDep
 ) -> InferenceResponse:
     """Score one frame: is it real or fake?
 
@@ -39,6 +35,19 @@ async def infer(
     The same bytes sent again to the same model are answered from the result cache
     (`X-Cache: hit`); every answer is kept in the history (`GET /predictions/{request_id}`).
     """
+    # The hot path: the settings and the upload gate are read here rather than as
+    # dependencies (each costs FastAPI a dependency solve per request), and the version is
+    # leased for the whole answer here rather than by a dependency with ``yield``.
+    with service.lease():
+        return await _infer(request, response, service)
+
+
+async def _infer(
+    request: Request, response: Response, service: InferenceService
+) -> InferenceResponse:
+    state = request.app.state
+    settings: Settings = state.settings
+    uploads: UploadGate = state.upload_gate
     await charge(request, 1)  # before the body is read: a refused request costs no upload
     arrived_at: float = request.state.arrived_at
     deadline = arrived_at + settings.request_timeout_s
@@ -58,8 +67,8 @@ async def infer(
             lookup,
             image_cache_value(answer.fake_prob, answer.model_version, answer.model_architecture),
         )
-    request.app.state.metrics.prediction_made(answer.label, answer.fake_prob, answer.model_version)
-    models = request.app.state.models
+    state.metrics.prediction_made(answer.label, answer.fake_prob, answer.model_version)
+    models = state.models
     if models is not None:  # a shadow version, when set, scores a sample aside
         models.shadow(answer.request_id, data, service, answer.fake_prob)
     store_result(
@@ -78,7 +87,7 @@ async def infer(
 
 
 async def _score(
-    request: Request, service: ServiceDep, data: bytes, arrived_at: float, deadline: float
+    request: Request, service: InferenceService, data: bytes, arrived_at: float, deadline: float
 ) -> InferenceResponse:
     with service.admit(1, arrived_at=arrived_at):
         started = time.perf_counter()
@@ -100,7 +109,7 @@ def image_cache_value(fake_prob: float, model_version: str, architecture: str) -
 
 
 def _cached_response(
-    request: Request, service: ServiceDep, value: dict[str, Any], started: float
+    request: Request, service: InferenceService, value: dict[str, Any], started: float
 ) -> InferenceResponse:
     fake_prob = float(value["fake_prob"])
     return InferenceResponse(
@@ -122,7 +131,7 @@ def _cached_response(
 
 
 def _response(
-    request: Request, service: ServiceDep, prediction: Prediction, started: float
+    request: Request, service: InferenceService, prediction: Prediction, started: float
 ) -> InferenceResponse:
     metadata = service.metadata
     fake_prob = round(prediction.fake_prob, 6)

@@ -8,9 +8,12 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from starlette.requests import Request
 
+from src.core.errors import ServiceUnavailableError, UploadTimeoutError
 from src.core.settings import Settings
 from src.serve.app import create_app
+from src.serve.uploads import UploadGate
 from tests.helpers.api import AUTH, assert_error, started_client
 from tests.helpers.images import image_bytes
 
@@ -143,3 +146,72 @@ async def test_an_answer_sent_before_the_body_arrived_closes_the_connection(
     )
     assert_error(not_an_image, 415, "unsupported_media_type")
     assert "connection" not in not_an_image.headers
+
+
+class _Rejections:
+    """Engine events that remember the rejections."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def rejected(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def _request() -> Request:
+    return Request({"type": "http", "method": "POST", "path": "/infer", "headers": []})
+
+
+async def _never(cancelled: asyncio.Event) -> bytes:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        cancelled.set()
+    raise AssertionError("unreachable")
+
+
+async def test_a_slow_upload_is_evicted_for_a_newcomer_and_ends_as_408() -> None:
+    events = _Rejections()
+    gate = UploadGate(1, 30.0, 1000.0, events, 1)  # type: ignore[arg-type]
+    cancelled = asyncio.Event()
+    async with gate.hold() as slow:
+        slow.started -= 2 * gate.EVICTION_GRACE_S  # long enough to be judged, 0 bytes/s
+        reading = asyncio.ensure_future(
+            gate.within(slow, _request(), _never(cancelled), request_deadline=1e12)
+        )
+        await asyncio.sleep(0.05)
+        async with gate.hold():  # takes the slow one's slot
+            with pytest.raises(UploadTimeoutError, match="slower than 1000 bytes/s"):
+                await asyncio.wait_for(reading, 5)
+    assert cancelled.is_set(), "the evicted read kept running"
+    assert events.reasons == ["upload_too_slow"]
+
+
+async def test_a_drain_ends_uploads_in_progress_as_503_and_refuses_new_ones() -> None:
+    gate = UploadGate(4, 30.0, 1.0, _Rejections(), 1)  # type: ignore[arg-type]
+    cancelled = asyncio.Event()
+    async with gate.hold() as upload:
+        reading = asyncio.ensure_future(
+            gate.within(upload, _request(), _never(cancelled), request_deadline=1e12)
+        )
+        await asyncio.sleep(0.05)
+        gate.close_after(0.05)
+        with pytest.raises(ServiceUnavailableError, match="shutting down"):
+            await asyncio.wait_for(reading, 5)
+    assert cancelled.is_set(), "the read outlived the drain"
+    with pytest.raises(ServiceUnavailableError, match="shutting down"):
+        async with gate.hold():
+            pass
+
+
+async def test_a_read_that_finishes_in_time_returns_its_bytes() -> None:
+    gate = UploadGate(1, 30.0, 1.0, _Rejections(), 1)  # type: ignore[arg-type]
+
+    async def quick() -> bytes:
+        await asyncio.sleep(0)
+        return b"body"
+
+    request = _request()
+    async with gate.hold() as upload:
+        assert await gate.within(upload, request, quick(), request_deadline=1e12) == b"body"
+    assert request.state.body_complete is True
