@@ -12,7 +12,12 @@
 # the answers of the two targets (within TOLERANCE): the cpu image serves on ONNX Runtime, the
 # cuda image is run with DFD_BACKEND=torch (on the CPU here), so the comparison is ONNX Runtime
 # against torch, image against image.
-# Exits non-zero on the first failure.
+# Last, the throughput step (bench/containers.py, `python -m bench.containers`): both images with
+# the same settings on the same backend (DFD_BACKEND=onnxruntime in both, DFD_CACHE=off so every
+# request runs the model, the same --cpus, threads and batching), driven at c=32 by the load
+# generator (bench/loadgen.py) in interleaved rounds (cpu, cuda, cuda, cpu, ...), with each
+# round's throughput, p50 and p99, the load average, the medians and the cpu / cuda ratio.
+# Exits non-zero on the first failure (a throughput ratio below 1 is reported, not a failure).
 #
 # Environment knobs:
 #   TARGETS        targets to build and run   (default "cpu cuda")
@@ -21,7 +26,9 @@
 #                                           debootstrap when missing; python:3.11-slim elsewhere)
 #   TORCH_INDEX_URL  torch index build arg (default empty = pip's default index plus this
 #                                           machine's local wheel indexes, see below)
-#   SKIP_BUILD=1   reuse existing images
+#   DEMO_MODEL     the model repository folder (<model>/<version>) the images carry and serve
+#                  (default deepfake-detector/0.1.0-demo; passed to the build as DEMO_MODEL)
+#   SKIP_BUILD=1   reuse existing images (the base image is then not needed either)
 #   RUNS           starts per target for the /ready time and idle RSS (default 3)
 #   READY_TIMEOUT  seconds to wait for /ready (default 300)
 #   MIN_FREE_GB_CUDA  free GB the cuda build needs, else it is skipped with a note (default 30)
@@ -29,6 +36,17 @@
 #   BURST_S        seconds of decode-bomb waves after the answers, for the peak RSS under the
 #                  decode budget (default 20; 0: none)
 #   BURST_WAVE     concurrent bomb senders (default 64, as bench.hostile's waves)
+#   THROUGHPUT_ROUNDS     interleaved rounds of the throughput step (default 4; 0: skip it)
+#   THROUGHPUT_CPUS       podman run --cpus for both images there (default: all cores)
+#   THROUGHPUT_REQUESTS   requests per level (default 300)
+#   THROUGHPUT_CONCURRENCY  levels (default 32; e.g. 1,32)
+#   THROUGHPUT_WORKLOADS  frames (the load benchmark's frames, face crop off) and/or faces (the
+#                         example photos, face crop on) (default frames,faces)
+#   THROUGHPUT_OUT        where bench.containers writes containers.json/.md
+#                         (default bench/results/containers)
+#   THROUGHPUT_ARGS       more bench.containers flags, e.g. "--together" (both images loaded at
+#                         the same time in each round: steadier on a machine shared with others)
+#   PYTHON         the venv's python that runs bench.containers (default .venv/bin/python)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,6 +62,15 @@ MIN_FREE_GB_CUDA="${MIN_FREE_GB_CUDA:-30}"
 TOLERANCE="${TOLERANCE:-1e-4}"
 BURST_S="${BURST_S:-20}"
 BURST_WAVE="${BURST_WAVE:-64}"
+DEMO_MODEL="${DEMO_MODEL:-deepfake-detector/0.1.0-demo}"
+THROUGHPUT_ROUNDS="${THROUGHPUT_ROUNDS:-4}"
+THROUGHPUT_CPUS="${THROUGHPUT_CPUS:-$(nproc)}"
+THROUGHPUT_REQUESTS="${THROUGHPUT_REQUESTS:-300}"
+THROUGHPUT_CONCURRENCY="${THROUGHPUT_CONCURRENCY:-32}"
+THROUGHPUT_WORKLOADS="${THROUGHPUT_WORKLOADS:-frames,faces}"
+THROUGHPUT_OUT="${THROUGHPUT_OUT:-bench/results/containers}"
+THROUGHPUT_ARGS="${THROUGHPUT_ARGS:-}"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 API_KEY="demo-key"
 EXAMPLES=(examples/fake_0.jpg examples/real_0.jpg)
 CONTAINER=""
@@ -66,8 +93,8 @@ as_root() {
 
 for example in "${EXAMPLES[@]}"; do [ -f "$example" ] || fail "$example is missing"; done
 [ -f src/serve/__main__.py ] || fail "src/serve/__main__.py is missing: the service cannot start"
-[ -f checkpoints/deepfake-detector/0.1.0-demo/model.pt ] \
-    || fail "checkpoints/deepfake-detector/0.1.0-demo/model.pt (the demo model the images carry) is missing"
+[ -f "checkpoints/$DEMO_MODEL/model.pt" ] \
+    || fail "checkpoints/$DEMO_MODEL/model.pt (the demo model the images carry, DEMO_MODEL) is missing"
 
 # ------------------------------------------------------------------ podman ---
 step "podman"
@@ -85,7 +112,9 @@ fi
 podman --version
 
 # -------------------------------------------------------------- base image ---
-if ! podman image exists "$BASE_IMAGE"; then
+if [ "${SKIP_BUILD:-0}" = "1" ]; then
+    echo "SKIP_BUILD=1: using the images already built, no base image needed"
+elif ! podman image exists "$BASE_IMAGE"; then
     if [ "$BASE_IMAGE" != "localhost/python-base:3.11" ]; then
         fail "base image $BASE_IMAGE not found and no registry is reachable to pull it"
     fi
@@ -108,11 +137,14 @@ if ! podman image exists "$BASE_IMAGE"; then
         --change 'CMD ["python3"]' - "$BASE_IMAGE" >/dev/null
     as_root rm -rf "$rootfs"
 fi
-echo "base image: $BASE_IMAGE ($(podman image inspect --format '{{.Size}}' "$BASE_IMAGE" \
-    | awk '{ printf "%.0f MB", $1 / 1e6 }'))"
+if podman image exists "$BASE_IMAGE"; then
+    echo "base image: $BASE_IMAGE ($(podman image inspect --format '{{.Size}}' "$BASE_IMAGE" \
+        | awk '{ printf "%.0f MB", $1 / 1e6 }'))"
+fi
 
 # ------------------------------------------------------------- build args ---
-build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"
+            --build-arg "DEMO_MODEL=$DEMO_MODEL")
 volumes=()
 if [ -z "$TORCH_INDEX_URL" ]; then
     # Give the build what pip reaches on this machine: PyPI plus local wheel indexes
@@ -425,6 +457,26 @@ sys.stdout.buffer.write(b.getvalue())' >"$WORK/bomb.webp"
     podman rm -f "$CONTAINER" >/dev/null
 done
 
+# -------------------------------------------------- throughput, interleaved ---
+THROUGHPUT=""
+both=0
+case " $BUILT " in *" cpu "*) case " $BUILT " in *" cuda "*) both=1 ;; esac ;; esac
+if [ "$THROUGHPUT_ROUNDS" != "0" ]; then
+    if [ "$both" = "1" ]; then
+        step "throughput: $THROUGHPUT_ROUNDS rounds of cpu and cuda${THROUGHPUT_ARGS:+ ($THROUGHPUT_ARGS)}, both on ONNX Runtime (bench.containers)"
+        [ -x "$PYTHON" ] || fail "$PYTHON not found (make setup): bench.containers needs the venv"
+        "$PYTHON" -m bench.containers \
+            --images "$IMAGE_PREFIX:cpu,$IMAGE_PREFIX:cuda" --backend onnxruntime \
+            --rounds "$THROUGHPUT_ROUNDS" --cpus "$THROUGHPUT_CPUS" \
+            --concurrency "$THROUGHPUT_CONCURRENCY" --requests "$THROUGHPUT_REQUESTS" \
+            --workloads "$THROUGHPUT_WORKLOADS" --ready-timeout "$READY_TIMEOUT" \
+            --out "$THROUGHPUT_OUT" $THROUGHPUT_ARGS || fail "bench.containers"
+        THROUGHPUT="$THROUGHPUT_OUT/containers.md"
+    else
+        echo "NOTE: throughput step skipped: it needs both targets (built:$BUILT)"
+    fi
+fi
+
 # ---------------------------------------------------------------- summary ---
 step "summary (commit $(git -C "$ROOT" log -1 --format=%h 2>/dev/null || echo '?'), $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg))"
 printf '| target | image size | build | podman run -> /ready: median (runs) | idle RSS: median (runs) | RSS after the demo answers | peak RSS in the burst / 5 s after | backend | fake_prob |\n'
@@ -469,6 +521,11 @@ sys.exit(0 if worst <= tol else 1)
 PY
 else
     echo "NOTE: answers not compared: only ${TARGETS// /, } ran${SKIPPED[*]:+ (skipped: ${!SKIPPED[*]})}"
+fi
+
+if [ -n "$THROUGHPUT" ] && [ -f "$THROUGHPUT" ]; then
+    step "throughput at the same settings on ONNX Runtime (cpu image / cuda image; $THROUGHPUT)"
+    cat "$THROUGHPUT"
 fi
 
 step "container check passed"
