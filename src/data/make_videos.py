@@ -24,7 +24,7 @@ import argparse
 import io
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -34,14 +34,16 @@ import cv2
 import numpy as np
 
 from src.data.blend import self_blend_with_mask
-from src.data.make_demo import sample_rng, split_identities
 from src.data.sources import Identity, load_identities
+from src.data.splits import EXAMPLE_IDENTITIES, sample_rng
 
 __all__ = [
     "Shot",
+    "blend_face",
     "build_videos",
     "camera",
     "demo_identity",
+    "encode_h264",
     "main",
     "render_frames",
     "shot_frames",
@@ -102,7 +104,7 @@ def _face_in_frame(
     return box, pts
 
 
-def _blend_face(
+def blend_face(
     frame: np.ndarray,
     box: tuple[int, int, int, int],
     landmarks: np.ndarray | None,
@@ -111,7 +113,7 @@ def _blend_face(
 ) -> np.ndarray:
     """The frame with its face self-blended, the same draws in every frame (same seed)."""
     x, y, w, h = box
-    side = round(_BLEND_MARGIN * max(w, h))
+    side = min(round(_BLEND_MARGIN * max(w, h)), frame.shape[0], frame.shape[1])
     x0 = min(max(0, round(x + w / 2 - side / 2)), frame.shape[1] - side)
     y0 = min(max(0, round(y + h / 2 - side / 2)), frame.shape[0] - side)
     crop = np.ascontiguousarray(frame[y0 : y0 + side, x0 : x0 + side])
@@ -139,34 +141,47 @@ def shot_frames(ident: Identity, shot: Shot, seed: int) -> Iterator[tuple[np.nda
             borderMode=cv2.BORDER_REFLECT_101,
         )
         box, landmarks = _face_in_frame(ident, m)
-        yield real, _blend_face(real, box, landmarks, seed, ident.name)
+        yield real, blend_face(real, box, landmarks, seed, ident.name)
 
 
-def _encode(frames: Sequence[np.ndarray], shot: Shot) -> bytes:
+def encode_h264(frames: Iterable[np.ndarray], fps: int, crf: int = 20, gop: int = 20) -> bytes:
+    """H.264 in MP4 (``yuv420p``, libx264 on one thread, bit-exact flags): the same bytes for
+    the same frames on the same library versions. Frames must share an even width and height."""
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
         stream = out.add_stream(
             "libx264",
-            rate=shot.fps,
-            options={"crf": str(shot.crf), "preset": "medium", "threads": "1"},
+            rate=fps,
+            options={"crf": str(crf), "preset": "medium", "threads": "1"},
         )
-        stream.width, stream.height, stream.pix_fmt = shot.width, shot.height, "yuv420p"
-        stream.codec_context.gop_size = shot.gop
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = gop
         stream.codec_context.thread_count = 1
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for i, rgb in enumerate(frames):
+            if i == 0:
+                stream.height, stream.width = rgb.shape[:2]
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, shot.fps)
+            frame.pts, frame.time_base = i, Fraction(1, fps)
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
     return buffer.getvalue()
 
 
+def _encode(frames: Sequence[np.ndarray], shot: Shot) -> bytes:
+    return encode_h264(frames, shot.fps, shot.crf, shot.gop)
+
+
 def demo_identity(split_seed: int = 0) -> Identity:
-    """The first test-split identity of the demo data (the face of ``examples/real_0.jpg``)."""
+    """The face of ``examples/real_0.jpg``: the first of the pinned test identities.
+
+    ``split_seed`` is kept for compatibility: the examples' faces are test identities under
+    every split seed (:data:`src.data.splits.EXAMPLE_IDENTITIES`).
+    """
+    del split_seed
     identities, _ = load_identities()
     by_name = {i.name: i for i in identities}
-    return by_name[split_identities(list(by_name), split_seed)["test"][0]]
+    return by_name[EXAMPLE_IDENTITIES[0]]
 
 
 def render_frames(

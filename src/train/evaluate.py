@@ -10,6 +10,11 @@ data.
 ``--videos DIR`` (DeepfakeBench's ``DIR/real``, ``DIR/fake`` layout) scores whole videos the way
 the service does, face crop included, at frame level and per aggregation rule
 (:mod:`src.train.video_eval`).
+
+Every metric also gets a 95% confidence interval from a bootstrap over identities
+(:mod:`src.train.bootstrap`; ``--bootstrap N`` resamples, 0 for none), at frame level and at
+identity level (images) or video level (videos), over all rows and per source (the manifest's
+``source`` column; for videos, ``camera`` or ``synthetic`` footage from ``videos.csv``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ from src.engine.preprocess import FACE_CROP_MODES
 from src.explain.faithfulness import add_explain_arguments, explain_report
 from src.models.backends import torch as torch_backend
 from src.models.transforms import build_preprocess
+from src.train.bootstrap import (
+    DEFAULT_RESAMPLES,
+    BootstrapOptions,
+    LevelReport,
+    format_reports,
+    reports_for,
+)
 from src.train.dataset import FrameDataset, Sample, describe, load_split
 from src.train.metrics import compute_metrics
 from src.train.video_eval import (
@@ -68,6 +80,8 @@ class Evaluation:
     version: str
     split: str
     metrics: dict[str, float]
+    # frame- and identity-level metrics with bootstrap intervals, overall then per source
+    reports: tuple[LevelReport, ...] = ()
 
 
 def evaluate_checkpoint(
@@ -77,8 +91,10 @@ def evaluate_checkpoint(
     device: torch.device,
     batch_size: int = 64,
     workers: int = 0,
+    intervals: BootstrapOptions | None = None,
 ) -> Evaluation:
-    """Frame- and video-level metrics of one checkpoint on ``samples``."""
+    """Frame- and video-level metrics of one checkpoint on ``samples``; with ``intervals``, also
+    the bootstrap intervals over identities (overall and per source)."""
     backend = torch_backend.load(checkpoint, device)
     metadata = backend.metadata
     dataset = FrameDataset(samples, build_preprocess(metadata))
@@ -87,7 +103,19 @@ def evaluate_checkpoint(
     )
     labels, probs = score_loader(backend, loader)
     metrics = compute_metrics(labels, probs, groups=dataset.groups, threshold=metadata.threshold)
-    return Evaluation(str(checkpoint), metadata.version, split, metrics)
+    reports: tuple[LevelReport, ...] = ()
+    if intervals is not None:
+        reports = tuple(
+            reports_for(
+                labels,
+                probs,
+                dataset.groups,
+                [s.source for s in samples],
+                threshold=metadata.threshold,
+                options=intervals,
+            )
+        )
+    return Evaluation(str(checkpoint), metadata.version, split, metrics, reports)
 
 
 def score_loader(
@@ -148,10 +176,44 @@ def to_json(evaluations: Sequence[Evaluation], data_dir: str | Path) -> dict[str
                 "version": e.version,
                 "split": e.split,
                 "metrics": _json_safe(e.metrics),
+                "intervals": [r.as_json() for r in e.reports],
             }
             for e in evaluations
         ],
     }
+
+
+def format_interval_table(
+    evaluations: Sequence[Evaluation],
+    video_evaluations: Sequence[VideoEvaluation] = (),
+    confidence: float = 0.95,
+) -> str:
+    """One line per (split or videos, source, level) with ``value [low, high]`` cells."""
+    runs = [(e.checkpoint, e.version) for e in evaluations] + [
+        (v.checkpoint, v.version) for v in video_evaluations
+    ]
+    names = _model_names(runs)
+    several = len(set(names.values())) > 1
+    rows: list[tuple[str, LevelReport]] = []
+    for e in evaluations:
+        title = f"{names[e.checkpoint]}@{e.split}" if several else e.split
+        rows += [(title, r) for r in e.reports]
+    for v in video_evaluations:
+        title = f"{names[v.checkpoint]}@videos" if several else "videos"
+        rows += [(title, r) for r in v.reports]
+    return format_reports(rows, confidence) if rows else ""
+
+
+def _model_names(runs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Checkpoint -> how the interval table names it: its version where the versions tell the
+    checkpoints apart, else its file name, else its path."""
+    checkpoints = list(dict.fromkeys(c for c, _ in runs))
+    versions = dict(runs)
+    for name in (lambda c: versions[c], lambda c: Path(c).name, str):
+        named = {c: name(c) for c in checkpoints}
+        if len(set(named.values())) == len(checkpoints):
+            return named
+    return {c: c for c in checkpoints}
 
 
 def format_video_table(evaluation: VideoEvaluation) -> str:
@@ -159,7 +221,10 @@ def format_video_table(evaluation: VideoEvaluation) -> str:
     levels = list(evaluation.levels)
     width = max(len("metric"), *map(len, LEVEL_METRICS))
     widths = [max(len(level), 8) for level in levels]
-    title = f"{Path(evaluation.checkpoint).name} on videos, {evaluation.frames} frames each"
+    title = (
+        f"{Path(evaluation.checkpoint).name} ({evaluation.version}) on videos, "
+        f"{evaluation.frames} frames each"
+    )
     lines = [
         title,
         "  ".join(
@@ -186,10 +251,13 @@ def video_evaluation_json(evaluation: VideoEvaluation) -> dict[str, Any]:
         "version": evaluation.version,
         "frames": evaluation.frames,
         "levels": {level: _json_safe(m) for level, m in evaluation.levels.items()},
+        "intervals": [r.as_json() for r in evaluation.reports],
         "videos": [
             {
                 "path": str(v.video.path),
                 "label": LABELS[v.video.label],
+                "identity": v.video.identity,
+                "source": v.video.source,
                 "frames_scored": len(v.frame_probs),
                 "frame_mean": float(np.mean(v.frame_probs)),
                 "scores": v.scores,
@@ -229,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         "threshold, ROC AUC, average precision, EER (and its threshold), log loss, at frame "
         "level and at video/identity level (mean frame score per identity and label); with "
         "--videos, on whole videos: frame level and video level per aggregation rule. Prints "
-        "a table, then the same numbers as JSON.",
+        "a table, the same metrics with bootstrap confidence intervals over identities (overall "
+        "and per source), then everything as JSON.",
     )
     parser.add_argument(
         "--checkpoint",
@@ -272,9 +341,37 @@ def build_parser() -> argparse.ArgumentParser:
         "trained (default %(default)s)",
     )
     add_scoring_arguments(parser)
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        metavar="N",
+        help="bootstrap resamples of the identities for the confidence intervals "
+        "(default %(default)s; 0: no intervals)",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="confidence level of the intervals (default %(default)s)",
+    )
+    parser.add_argument(
+        "--bootstrap-seed", type=int, default=0, help="seed of the resampling (default 0)"
+    )
+    parser.add_argument(
+        "--missing-ok",
+        action="store_true",
+        help="skip (with a note) the --split names the data does not have and a --videos folder "
+        "that does not exist, instead of failing",
+    )
     add_explain_arguments(parser)
     parser.add_argument(
         "--json-out", type=Path, default=None, help="also write the JSON to this file"
+    )
+    parser.add_argument(
+        "--no-json",
+        action="store_true",
+        help="print the tables only (the JSON still goes to --json-out)",
     )
     return parser
 
@@ -286,8 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --data (image splits), --videos (a folder of videos), or both")
     if args.frames < 1:
         parser.error(f"--frames must be at least 1, not {args.frames}")
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be 0 or more, not {args.bootstrap}")
+    if not 0.0 < args.confidence < 1.0:
+        parser.error(f"--confidence must be between 0 and 1, not {args.confidence}")
     try:
         device = torch.device(resolve_device(args.device))
+        if args.missing_ok:
+            _drop_missing(args)
         evaluations = _evaluate_splits(args, device) if args.data is not None else []
         explained = explain_report(args, device) if args.explain and args.data else None
         video_evaluations = _evaluate_videos(args, device) if args.videos is not None else []
@@ -302,11 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         print("\n\n".join(format_video_table(e) for e in video_evaluations))
         payload["videos"] = str(args.videos)
         payload["video_results"] = [video_evaluation_json(e) for e in video_evaluations]
+    intervals = format_interval_table(evaluations, video_evaluations, args.confidence)
+    if intervals:
+        print()
+        print(intervals)
     if explained is not None:
         print(explained[0])
         payload.update(explained[1])
     text = json.dumps(payload, indent=2)
-    print(text)
+    if not args.no_json:
+        print(text)
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(text + "\n", encoding="utf-8")
@@ -321,10 +429,43 @@ def _evaluate_splits(args: argparse.Namespace, device: torch.device) -> list[Eva
         for checkpoint in args.checkpoint:
             evaluations.append(
                 evaluate_checkpoint(
-                    checkpoint, samples, split, device, args.batch_size, args.workers
+                    checkpoint,
+                    samples,
+                    split,
+                    device,
+                    args.batch_size,
+                    args.workers,
+                    _bootstrap_options(args),
                 )
             )
     return evaluations
+
+
+def _drop_missing(args: argparse.Namespace) -> None:
+    """``--missing-ok``: leave out the splits ``--data`` lacks and a missing ``--videos``."""
+    if args.data is not None:
+        kept = []
+        for split in args.split:
+            try:
+                load_split(args.data, split)
+            except DatasetError as exc:
+                print(f"note: split {split!r} skipped: {exc}", file=sys.stderr)
+                continue
+            kept.append(split)
+        args.split = kept
+        if not kept:
+            args.data = None
+    if args.videos is not None and not Path(args.videos).is_dir():
+        print(f"note: videos skipped: {args.videos} is not a folder", file=sys.stderr)
+        args.videos = None
+    if args.data is None and args.videos is None:
+        raise DatasetError("nothing to evaluate: no split and no videos found")
+
+
+def _bootstrap_options(args: argparse.Namespace) -> BootstrapOptions | None:
+    if args.bootstrap <= 0:
+        return None
+    return BootstrapOptions(args.bootstrap, args.confidence, args.bootstrap_seed)
 
 
 def _evaluate_videos(args: argparse.Namespace, device: torch.device) -> list[VideoEvaluation]:
@@ -338,6 +479,7 @@ def _evaluate_videos(args: argparse.Namespace, device: torch.device) -> list[Vid
             frames=args.frames,
             face_crop=args.face_crop,
             batch_size=args.batch_size,
+            intervals=_bootstrap_options(args),
         )
         for checkpoint in args.checkpoint
     ]

@@ -18,16 +18,22 @@ from skimage import data as skdata
 
 from src.data.blend import blend, face_swap, upsample_blend
 from src.data.make_demo import (
+    INCOMPLETE,
     build,
+    build_params,
+    data_fingerprint,
     main,
     make_sbi_pair,
     random_view,
     self_blend,
     self_blend_with_mask,
     split_identities,
+    split_sizes,
+    up_to_date,
     write_samples,
 )
 from src.data.sources import load_identities
+from src.data.splits import EXAMPLE_IDENTITIES
 
 PER_IDENTITY = 2
 XMANIP = 1
@@ -42,7 +48,8 @@ def _hashes(root: Path) -> dict[str, str]:
 
 
 def _build(root: Path, seed: int) -> Path:
-    build(root, seed=seed, per_identity=PER_IDENTITY, xmanip_per_identity=XMANIP)
+    # the installed faces only (no registry packages, no videos): the 9-identity set
+    build(root, seed=seed, per_identity=PER_IDENTITY, xmanip_per_identity=XMANIP, videos=False)
     return root
 
 
@@ -73,6 +80,11 @@ def test_identities_are_the_shipped_faces() -> None:
         x, y, w, h = ident.box
         assert w >= 60 and h >= 60
         assert x >= 0 and x + w <= ident.image.shape[1] and y + h <= ident.image.shape[0]
+        assert ident.source in {"scikit-image", "insightface", "matplotlib"}
+        assert ident.photo  # which photo (and face) it is, for the manifest
+    assert {i.photo for i in identities if i.name.startswith("t1_")} == {
+        f"insightface_t1#{k}" for k in range(6)
+    }
 
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(built: Path, tmp_path: Path) -> None:
@@ -98,6 +110,8 @@ def test_splits_are_by_identity_and_balanced(built: Path, manifest: list[dict[st
     assert not ids["val"] & ids["test"]
     assert ids["test_xmanip"] == ids["test"]
     assert len(ids["val"]) == 2 and len(ids["test"]) == 2 and len(ids["train"]) >= 4
+    # the faces of the committed examples are held out
+    assert ids["test"] == set(EXAMPLE_IDENTITIES)
     per = Counter((r["split"], r["identity"], r["label"]) for r in manifest)
     for (split, ident, _), n in per.items():
         assert n == (XMANIP if split == "test_xmanip" else PER_IDENTITY)
@@ -127,8 +141,26 @@ def test_split_is_deterministic_and_disjoint() -> None:
     assert a == split_identities(list(reversed(names)), 0)
     assert [len(a[s]) for s in ("train", "val", "test")] == [5, 2, 2]
     assert sorted(a["train"] + a["val"] + a["test"]) == sorted(names)
+    assert split_identities(names, 1) != a  # the seed moves identities between splits
     with pytest.raises(ValueError):
         split_identities(names[:4])
+
+
+def test_with_the_packages_the_split_has_10_test_and_6_val_identities() -> None:
+    names = [f"id{i:02d}" for i in range(38)]
+    assert split_sizes(38) == (6, 10) and split_sizes(27) == (2, 2)
+    pinned = ["id05", "id30", "not_there"]
+    for seed in range(5):
+        a = split_identities(names, seed, pinned_test=pinned)
+        assert [len(a[s]) for s in ("train", "val", "test")] == [22, 6, 10]
+        assert {"id05", "id30"} <= set(a["test"])  # pinned names go to test, absent ones ignored
+        assert not set(a["train"]) & set(a["val"]) | set(a["train"]) & set(a["test"])
+        assert sorted(a["train"] + a["val"] + a["test"]) == names
+    assert split_identities(names, 0, pinned_test=pinned) != split_identities(
+        names, 1, pinned_test=pinned
+    )
+    with pytest.raises(ValueError, match="pinned"):
+        split_identities(names, 0, n_test=1, pinned_test=pinned)
 
 
 def test_self_blend_changes_only_the_mask_region(face: np.ndarray) -> None:
@@ -196,25 +228,74 @@ def test_samples_out_writes_real_and_blended_pairs(tmp_path: Path) -> None:
         assert r.shape == f.shape == (224, 224, 3)
         assert np.abs(r - f).max() > 10
         assert np.abs(r - f)[:20].mean() < 2.0  # same picture outside the face
-    # the sample identities are held-out test identities
+    # the sample identities are held-out test identities, whatever the split seed
     identities, _ = load_identities()
-    test_ids = split_identities([i.name for i in identities])["test"]
-    assert len(test_ids) == 2
+    for seed in (0, 1, 7):
+        test_ids = split_identities([i.name for i in identities], seed)["test"]
+        assert set(EXAMPLE_IDENTITIES) <= set(test_ids)
 
 
 def test_cli(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    assert main(["--out", str(out), "--per-identity", "1", "--xmanip-per-identity", "0"]) == 0
+    base = ["--no-packages", "--no-videos"]
+    assert (
+        main(["--out", str(out), "--per-identity", "1", "--xmanip-per-identity", "0", *base]) == 0
+    )
     assert not (out / "test_xmanip").exists()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["command"].startswith("python -m src.data.make_demo --out")
     # rebuilding over a previous build is fine; over an unrelated folder is refused
-    assert main(["--out", str(out), "--per-identity", "1"]) == 0
+    assert main(["--out", str(out), "--per-identity", "1", *base]) == 0
     assert (out / "test_xmanip").is_dir()
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    assert main(["--out", str(other), "--per-identity", "1"]) == 1
+    assert main(["--out", str(other), "--per-identity", "1", *base]) == 1
     assert (other / "keep.txt").read_text() == "mine"
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_reuse_keeps_only_a_finished_build_of_the_same_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--per-identity", "1", "--xmanip-per-identity", "0"]
+    argv += ["--no-packages", "--no-videos", "--reuse"]
+    assert main(argv) == 0
+    assert "rebuilding: " in capsys.readouterr().out  # nothing there yet
+    fingerprint = json.loads((out / "meta.json").read_text())["fingerprint"]
+    assert fingerprint["params"] == build_params(
+        per_identity=1, xmanip_per_identity=0, videos=False
+    )
+    assert fingerprint["archives"] == {}
+    assert "data/make_demo.py" in fingerprint["code"] and "media/faces.py" in fingerprint["code"]
+    assert not (out / INCOMPLETE).exists()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    # the same inputs: kept as it is
+    assert main(argv) == 0
+    assert "is up to date, not rebuilt" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    # other parameters: rebuilt, and the reason named
+    assert main([*argv, "--seed", "3"]) == 0
+    assert "rebuilding: " in (printed := capsys.readouterr().out) and "params changed" in printed
+    assert json.loads((out / "meta.json").read_text())["fingerprint"]["params"]["seed"] == 3
+
+    # a library version (or the code of src/data) changed: stale
+    params = json.loads((out / "meta.json").read_text())["fingerprint"]["params"]
+    assert up_to_date(out, data_fingerprint(params, {}))[0]
+    with monkeypatch.context() as m:
+        m.setattr("src.data.make_demo._distribution_version", lambda name: "0.0-other")
+        fresh, why = up_to_date(out, data_fingerprint(params, {}))
+    assert not fresh and "versions changed" in why
+
+    # a build cut short (marker left, meta.json gone) is never reused, and may be rebuilt over
+    (out / INCOMPLETE).write_text("cut short")
+    (out / "meta.json").unlink()
+    fresh, why = up_to_date(out, data_fingerprint(params, {}))
+    assert not fresh and "cut short" in why
+    assert main(argv) == 0
+    assert "rebuilding: " in capsys.readouterr().out
+    assert (out / "meta.json").is_file() and not (out / INCOMPLETE).exists()

@@ -16,6 +16,7 @@ from src.core.errors import DatasetError
 from src.models.backends.base import BackendInfo, FrameScore
 from src.models.checkpoint import ModelMetadata
 from src.train import evaluate as evaluate_cli
+from src.train.bootstrap import BootstrapOptions
 from src.train.evaluate import format_video_table
 from src.train.video_eval import LEVEL_METRICS, evaluate_videos, load_videos
 from tests.helpers.videos import truncated, video_bytes
@@ -174,3 +175,70 @@ def test_the_cli_needs_data_or_videos(capsys: pytest.CaptureFixture[str]) -> Non
         evaluate_cli.main(["--checkpoint", "x.pt"])
     assert exited.value.code == 2
     assert "--videos" in capsys.readouterr().err
+
+
+# --- identities and intervals ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real/fake twins of 4 people (dark real, bright fake), with videos.csv naming whose each
+    video is and whether it is camera footage or a synthetic shot."""
+    root = tmp_path_factory.mktemp("twins")
+    rows = ["path,label,identity,source,kind,frames,fps"]
+    for k in range(4):
+        kind = "camera" if k < 2 else "synthetic"
+        for label, level in (("real", 30 + 10 * k), ("fake", 170 + 10 * k)):
+            (root / label).mkdir(exist_ok=True)
+            (root / label / f"p{k}.mp4").write_bytes(
+                video_bytes("mp4", frames=8, fps=4, maker=_flat(level))
+            )
+            rows.append(f"{label}/p{k}.mp4,{label},person{k},pkg,{kind},8,4")
+    (root / "videos.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_videos_csv_names_each_videos_identity_and_kind(twin_dir: Path, video_dir: Path) -> None:
+    videos = load_videos(twin_dir)
+    assert {
+        (v.path.name, v.label, v.identity, v.source) for v in videos if v.path.name == "p0.mp4"
+    } == {
+        ("p0.mp4", 0, "person0", "camera"),
+        ("p0.mp4", 1, "person0", "camera"),
+    }
+    # without videos.csv a video's stem is its identity (a real video and its twin share it)
+    plain = load_videos(video_dir)
+    assert {v.group for v in plain} == {"broken", "r0", "r1", "r2", "f0", "f1", "f2"}
+    assert all(v.source == "" for v in plain)
+
+
+def test_interval_reports_resample_people_per_level_and_kind(twin_dir: Path) -> None:
+    evaluation = evaluate_videos(
+        BrightnessBackend(),
+        load_videos(twin_dir),
+        checkpoint="stub",
+        frames=3,
+        intervals=BootstrapOptions(resamples=40, seed=0),
+    )
+    by = {(r.source, r.level): r for r in evaluation.reports}
+    assert set(by) == {(s, level) for s in ("all", "camera", "synthetic") for level in LEVELS}
+    frame = by[("all", "frame")]
+    assert frame.identities == 4 and frame.n == 8 * 3 and frame.n_fake == 12
+    video = by[("all", "video_mean")]
+    assert video.identities == 4 and video.n == 8 and video.resamples == 40
+    # a perfect model: every resample separates, the interval is [1, 1]
+    assert (video.metrics["auc"].low, video.metrics["auc"].high) == (1.0, 1.0)
+    assert by[("camera", "frame")].identities == 2
+    table = evaluate_cli.format_interval_table([], [evaluation])
+    lines = [line.split()[:3] for line in table.splitlines()[2:]]
+    assert ["videos", "camera", "video_mean"] in lines and len(lines) == len(evaluation.reports)
+    payload = evaluate_cli.video_evaluation_json(evaluation)
+    assert len(payload["intervals"]) == len(evaluation.reports)
+    assert {v["identity"] for v in payload["videos"]} == {f"person{k}" for k in range(4)}
+
+
+def test_without_intervals_no_reports_are_made(twin_dir: Path) -> None:
+    evaluation = evaluate_videos(
+        BrightnessBackend(), load_videos(twin_dir), checkpoint="stub", frames=2
+    )
+    assert evaluation.reports == ()
