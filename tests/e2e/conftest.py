@@ -11,7 +11,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from src.core.settings import DEFAULT_CHECKPOINT
 from tests.helpers import REPO_ROOT
-from tests.helpers.server import free_port, start_server, stop_server, wait_ready
+from tests.helpers.server import served
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO_ROOT / "tests" / "e2e" / "screenshots"
@@ -34,22 +34,13 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m src.serve`` with the committed demo model, as ``make run`` serves it."""
-    port = free_port()
-    process = start_server(
+    with served(
         REPO_ROOT / DEFAULT_CHECKPOINT,
-        port,
         DFD_TORCH_THREADS="2",
         DFD_STORE="off",
         DFD_LOG_LEVEL="WARNING",
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, process)
+    ) as (base, _, _):
         yield base
-    finally:
-        stop_server(process)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from src.export import export_onnx
 from tests.e2e.test_web_page import EXAMPLES, TIMEOUT_MS, natural_width, offered, open_page
 from tests.helpers import REPO_ROOT
 from tests.helpers.api import TEST_KEY
-from tests.helpers.server import free_port, start_server, stop_server, wait_ready
+from tests.helpers.server import served
 
 UNINSTALLED = '''
 import sys
@@ -49,24 +49,15 @@ def torch_free_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     site = folder / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(UNINSTALLED)
-    port = free_port()
-    process = start_server(
+    with served(
         checkpoint,
-        port,
         PYTHONPATH=str(site),
         DFD_BACKEND="onnxruntime",
         DFD_TORCH_THREADS="2",
         DFD_STORE="off",
         DFD_LOG_LEVEL="WARNING",
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, process)
+    ) as (base, _, _):
         yield base
-    finally:
-        stop_server(process)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_without_torch_only_lime_and_shap_are_offered_and_lime_explains(

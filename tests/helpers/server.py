@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -89,3 +91,21 @@ def stop_server(process: subprocess.Popen[str], timeout: float = 20) -> None:
         data = _DATA_DIRS.pop(process.pid, None)
         if data is not None and process.poll() is not None:
             shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def served(
+    checkpoint: Path | None, **settings: str
+) -> Iterator[tuple[str, int, subprocess.Popen[str]]]:
+    """``(base URL, port, process)`` of a server started as :func:`start_server` starts it on a
+    free port, ready; stopped (and its output pipe closed) when the block ends."""
+    port = free_port()
+    process = start_server(checkpoint, port, **settings)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, process)
+        yield base, port, process
+    finally:
+        stop_server(process)
+        if process.stdout is not None:
+            process.stdout.close()

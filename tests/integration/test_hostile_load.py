@@ -20,23 +20,17 @@ from PIL import Image
 
 from tests.helpers.api import TEST_KEY
 from tests.helpers.images import image_bytes
-from tests.helpers.server import free_port, start_server, stop_server, wait_ready
+from tests.helpers.server import served
 
 pytestmark = pytest.mark.slow
 
 
 @contextlib.contextmanager
 def server(checkpoint: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
     # The same hostile payloads are sent again and again: with the result cache on, repeats
     # would be answered from it and never reach the decoder these tests load.
-    process = start_server(checkpoint, port, **{"DFD_CACHE": "off", **settings})
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, process)
+    with served(checkpoint, **{"DFD_CACHE": "off", **settings}) as (base, _, process):
         yield base, process
-    finally:
-        stop_server(process)
 
 
 class SlowUpload:

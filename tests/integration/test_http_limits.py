@@ -20,7 +20,7 @@ from src.serve.__main__ import uvicorn_config
 from src.serve.protocol import LimitedHttpToolsProtocol
 from tests.helpers.api import TEST_KEY
 from tests.helpers.images import image_bytes
-from tests.helpers.server import free_port, start_server, stop_server, wait_ready
+from tests.helpers.server import served
 
 HEAD_LIMIT = 8192
 HEAD_TIMEOUT_S = 1.0
@@ -28,21 +28,12 @@ HEAD_TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def server(checkpoint_path: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    process = start_server(
+    with served(
         checkpoint_path,
-        port,
         DFD_MAX_HEADER_BYTES=str(HEAD_LIMIT),
         DFD_HEADER_TIMEOUT_S=str(HEAD_TIMEOUT_S),
-    )
-    try:
-        wait_ready(base, process)
+    ) as (base, port, _):
         yield base, port
-    finally:
-        stop_server(process)
-        if process.stdout:
-            process.stdout.close()
 
 
 def connect(port: int) -> socket.socket:

@@ -15,7 +15,7 @@ from src.core.settings import DEFAULT_CHECKPOINT
 from src.models import read_checkpoint
 from tests.helpers import REPO_ROOT
 from tests.helpers.api import TEST_KEY
-from tests.helpers.server import free_port, start_server, stop_server, wait_ready
+from tests.helpers.server import served
 
 pytestmark = pytest.mark.slow
 MODEL = "deepfake-detector"
@@ -24,16 +24,11 @@ EXAMPLES = ("real_0", "fake_0", "real_1", "fake_1")
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[httpclient.InferenceServerClient]:
-    port = free_port()
-    process = start_server(REPO_ROOT / DEFAULT_CHECKPOINT, port, DFD_MAX_BATCH_ITEMS="4")
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process)
-        with httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=2) as triton:
-            yield triton
-    finally:
-        stop_server(process)
-        if process.stdout:
-            process.stdout.close()
+    with (
+        served(REPO_ROOT / DEFAULT_CHECKPOINT, DFD_MAX_BATCH_ITEMS="4") as (_, port, _),
+        httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=2) as triton,
+    ):
+        yield triton
 
 
 def _images(*names: str) -> httpclient.InferInput:
