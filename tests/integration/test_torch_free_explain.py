@@ -9,17 +9,14 @@ package does (``ModuleNotFoundError``), before anything else is imported.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from src.export import export_onnx
-from tests.helpers import REPO_ROOT
 from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.torch_free import run_onnx_app_script
 
 pytestmark = pytest.mark.slow
 
@@ -81,32 +78,16 @@ asyncio.run(main())
 
 
 def serve_and_explain(tmp_path: Path, checkpoint: Path, mode: str) -> dict[str, Any]:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(REPO_ROOT),
-        "DFD_CHECKPOINT_PATH": str(checkpoint),
-        "DFD_BACKEND": "onnxruntime",
-        "DFD_DEVICE": "auto",
-        "DFD_FACE_CROP": "on",
-        "DFD_API_KEYS": "demo-key",
-        "DFD_EXPLAIN_LIME_SAMPLES": "40",
-        "DFD_EXPLAIN_SHAP_SAMPLES": "40",
-        "DFD_DATABASE_URL": f"sqlite:///{tmp_path / f'{mode}.db'}",
-        "DFD_SPOOL_PATH": str(tmp_path / f"{mode}-spool.jsonl"),
-        "DFD_JOBS_DIR": str(tmp_path / f"{mode}-jobs"),
-        "DFD_LOG_LEVEL": "WARNING",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    return run_onnx_app_script(
+        SCRIPT,
+        checkpoint,
+        tmp_path / mode,
+        mode,
         timeout=240,
+        DFD_API_KEYS="demo-key",
+        DFD_EXPLAIN_LIME_SAMPLES="40",
+        DFD_EXPLAIN_SHAP_SAMPLES="40",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return report
 
 
 @pytest.fixture(scope="module")

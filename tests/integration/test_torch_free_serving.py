@@ -6,16 +6,13 @@ The service runs in its own interpreter (this test process has torch loaded alre
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from src.export import export_onnx
-from tests.helpers import REPO_ROOT
 from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.torch_free import run_onnx_app_script
 
 pytestmark = pytest.mark.slow
 
@@ -53,28 +50,7 @@ asyncio.run(main())
 def test_onnxruntime_serving_never_imports_torch(tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tmp_path / "model.pt")
     export_onnx(checkpoint)
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(REPO_ROOT),
-        "DFD_CHECKPOINT_PATH": str(checkpoint),
-        "DFD_BACKEND": "onnxruntime",
-        "DFD_DEVICE": "auto",
-        "DFD_FACE_CROP": "on",
-        "DFD_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
-        "DFD_SPOOL_PATH": str(tmp_path / "spool.jsonl"),
-        "DFD_JOBS_DIR": str(tmp_path / "jobs"),
-        "DFD_LOG_LEVEL": "WARNING",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_onnx_app_script(SCRIPT, checkpoint, tmp_path / "store")
     assert report["backend"] == "onnxruntime"
     assert report["statuses"] == [200, 200, 200]
     assert report["heavy"] == [], f"torch-family modules were imported: {report['heavy']}"
