@@ -96,8 +96,8 @@ def insert_predictions(session: Session, records: Sequence[PredictionRecord]) ->
         # sqlite3's executemany counts the rows each statement changed (0 for a conflict):
         # half the CPU of RETURNING, which SQLAlchemy turns into one multi-row VALUES.
         return int(session.connection().execute(statement, rows).rowcount)
-    statement = statement.returning(table.c.id)
-    return len(session.connection().execute(statement, rows).all())
+    returning = statement.returning(table.c.id)
+    return len(session.connection().execute(returning, rows).all())
 
 
 # ------------------------------------------------------------------------ reading
