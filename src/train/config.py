@@ -151,6 +151,15 @@ class TrainConfig:
             "data",
         ),
     )
+    pair_views: bool = field(
+        default=False,
+        metadata=cli(
+            "train each real image next to its fake twin (the same file name under real/ and "
+            "fake/ of one split and group, as make_demo writes them): one batch, the same "
+            "augmentation draws, so the pair differs only where the fake was manipulated",
+            "data",
+        ),
+    )
     face_margin: float = field(
         default=1.3,
         metadata=cli("face box scale used for the crops, recorded in the metadata", "data"),

@@ -20,14 +20,14 @@ import math
 import random
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from src.core.errors import DatasetError
 from src.core.labels import LABELS
@@ -39,12 +39,14 @@ __all__ = [
     "MANIFEST_NAME",
     "DatasetError",
     "FrameDataset",
+    "PairedShuffle",
     "Sample",
     "TrainAugment",
     "describe",
     "discover_splits",
     "group_from_filename",
     "load_split",
+    "pair_units",
     "read_manifest",
     "read_rgb",
     "scan_class_folders",
@@ -299,12 +301,19 @@ class FrameDataset(Dataset[tuple[torch.Tensor, int]]):
         preprocess: Preprocess,
         augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         seed: int = 0,
+        augment_keys: Sequence[int] | None = None,
     ) -> None:
+        """``augment_keys``: the index each sample's augmentation is seeded with (default: its
+        own); the two images of a pair given one key get the same crop, flip, colour and
+        degradation draws (:func:`pair_units`)."""
         self.samples = list(samples)
         self.preprocess = preprocess
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.augment_keys = list(range(len(samples))) if augment_keys is None else augment_keys
+        if len(self.augment_keys) != len(self.samples):
+            raise ValueError("augment_keys needs one key per sample")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -316,7 +325,7 @@ class FrameDataset(Dataset[tuple[torch.Tensor, int]]):
         sample = self.samples[index]
         rgb = read_rgb(sample.path)
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, self.epoch, self.augment_keys[index]])
             rgb = np.ascontiguousarray(self.augment(rgb, rng))
         return self.preprocess(rgb), sample.label
 
@@ -327,6 +336,52 @@ class FrameDataset(Dataset[tuple[torch.Tensor, int]]):
     @property
     def groups(self) -> list[str]:
         return [s.group for s in self.samples]
+
+
+def pair_units(samples: Sequence[Sample]) -> list[tuple[int, ...]]:
+    """The samples grouped into pairs where a real and a fake image are two views of one shot:
+    the same file name under ``<split>/real/`` and ``<split>/fake/`` within one group (how
+    ``src.data.make_demo`` writes a real image and its self-blended twin). Every other sample is
+    a unit of its own. Units come in the order of their first sample."""
+    units: dict[tuple[str, str, str], list[int]] = {}
+    order: list[list[int]] = []
+    for index, sample in enumerate(samples):
+        key = (sample.group, sample.path.parent.parent.as_posix(), sample.path.name)
+        unit = units.get(key)
+        if unit is not None and len(unit) == 1 and samples[unit[0]].label != sample.label:
+            unit.append(index)
+            continue
+        unit = [index]
+        units[key] = unit
+        order.append(unit)
+    return [tuple(unit) for unit in order]
+
+
+class PairedShuffle(Sampler[int]):
+    """Shuffles whole units (:func:`pair_units`), so the real and fake images of a pair are
+    next to each other in the order and, with an even batch size, in the same batch: the
+    gradient of each pair is the blend's difference alone, as self-blended training is done.
+    Draws from ``generator`` (the trainer reseeds it every epoch)."""
+
+    def __init__(self, units: Sequence[tuple[int, ...]], generator: torch.Generator) -> None:
+        self.units = list(units)
+        self.generator = generator
+        self._length = sum(len(unit) for unit in self.units)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[int]:
+        for position in torch.randperm(len(self.units), generator=self.generator).tolist():
+            yield from self.units[position]
+
+    def augment_keys(self) -> list[int]:
+        """One key per sample: the first index of its unit."""
+        keys = [0] * self._length
+        for unit in self.units:
+            for index in unit:
+                keys[index] = unit[0]
+        return keys
 
 
 def seed_worker(worker_id: int) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from src.core.device import resolve_device
@@ -45,10 +45,12 @@ from src.train.checkpoint import (
 from src.train.config import TrainConfig
 from src.train.dataset import (
     FrameDataset,
+    PairedShuffle,
     Sample,
     TrainAugment,
     describe,
     discover_splits,
+    pair_units,
     seed_worker,
 )
 from src.train.metrics import compute_metrics
@@ -324,11 +326,13 @@ def _make_loader(
     generator: torch.Generator | None,
     device: torch.device,
     drop_last: bool = False,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader[tuple[torch.Tensor, int]]:
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         num_workers=workers,
         generator=generator,
         worker_init_fn=seed_worker if workers > 0 else None,
@@ -403,11 +407,18 @@ class _Run:
     ) -> _Run:
         model.to(device)
         preprocess = build_preprocess(metadata)
+        generator = torch.Generator()
+        paired = (
+            PairedShuffle(pair_units(splits["train"]), generator) if config.pair_views else None
+        )
         train_set = FrameDataset(
-            splits["train"], preprocess, TrainAugment(config.image_size), seed=config.seed
+            splits["train"],
+            preprocess,
+            TrainAugment(config.image_size),
+            seed=config.seed,
+            augment_keys=None if paired is None else paired.augment_keys(),
         )
         val_set = FrameDataset(splits["val"], preprocess)
-        generator = torch.Generator()
         train_loader = _make_loader(
             train_set,
             config.batch_size,
@@ -416,6 +427,7 @@ class _Run:
             generator=generator,
             device=device,
             drop_last=len(train_set) > config.batch_size,
+            sampler=paired,
         )
         val_loader = _make_loader(
             val_set, config.batch_size, config.workers, shuffle=False, generator=None, device=device
