@@ -135,7 +135,8 @@ class TrainConfig:
         default="auc",
         metadata=cli(
             "validation metric that picks best.pt: auc, ap, acc, eer, loss, log_loss, or a "
-            "video_ one (default val %(default)s; loss/eer are minimised, the others maximised)",
+            "video_ one (default val %(default)s; loss/eer are minimised, the others maximised), "
+            "or epoch: the last epoch, when the validation split is too small to choose by",
             "run",
         ),
     )

@@ -91,3 +91,11 @@ def test_a_paired_run_trains_and_records_the_setting(pair_data: Path, tmp_path: 
     fit(_config(pair_data, tmp_path, pair_views=True), log=lambda _: None)
     metadata = read_checkpoint(tmp_path / "best.pt").metadata
     assert metadata.train_args["pair_views"] is True
+
+
+def test_best_metric_epoch_ships_the_last_epoch(pair_data: Path, tmp_path: Path) -> None:
+    result = fit(
+        _config(pair_data, tmp_path, epochs=3, best_metric="epoch", lr=0.0), log=lambda _: None
+    )
+    assert result.best_epoch == 3
+    assert read_checkpoint(tmp_path / "best.pt").metadata.metrics["epoch"] == 3.0
