@@ -89,7 +89,7 @@ RUN set -eu; \
 FROM torch AS models
 
 # The model repository folder (<model>/<version>) the images serve.
-ARG DEMO_MODEL=deepfake-detector/0.1.0-demo
+ARG DEMO_MODEL=deepfake-detector/0.2.0-demo
 
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /build
@@ -144,7 +144,7 @@ FROM runtime AS cuda
 LABEL org.opencontainers.image.title="dfd-api" \
       org.opencontainers.image.description="Deepfake-detection inference service (FastAPI + PyTorch; CUDA with TORCH_VARIANT=cu*)"
 
-ARG DEMO_MODEL=deepfake-detector/0.1.0-demo
+ARG DEMO_MODEL=deepfake-detector/0.2.0-demo
 # auto: torch on a GPU; on a CPU, ONNX Runtime where the export beside the checkpoint matches.
 ENV DFD_BACKEND=auto
 
@@ -162,7 +162,7 @@ FROM runtime AS cpu
 LABEL org.opencontainers.image.title="dfd-api" \
       org.opencontainers.image.description="Deepfake-detection inference service (FastAPI + ONNX Runtime, no PyTorch)"
 
-ARG DEMO_MODEL=deepfake-detector/0.1.0-demo
+ARG DEMO_MODEL=deepfake-detector/0.2.0-demo
 # No torch here: serve the ONNX export, and refuse to start (naming the export command) when a
 # mounted model repository has no export made from its model.pt.
 ENV DFD_BACKEND=onnxruntime \

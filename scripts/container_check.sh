@@ -27,7 +27,7 @@
 #   TORCH_INDEX_URL  torch index build arg (default empty = pip's default index plus this
 #                                           machine's local wheel indexes, see below)
 #   DEMO_MODEL     the model repository folder (<model>/<version>) the images carry and serve
-#                  (default deepfake-detector/0.1.0-demo; passed to the build as DEMO_MODEL)
+#                  (default deepfake-detector/0.2.0-demo; passed to the build as DEMO_MODEL)
 #   SKIP_BUILD=1   reuse existing images (the base image is then not needed either)
 #   RUNS           starts per target for the /ready time and idle RSS (default 3)
 #   READY_TIMEOUT  seconds to wait for /ready (default 300)
@@ -62,7 +62,7 @@ MIN_FREE_GB_CUDA="${MIN_FREE_GB_CUDA:-30}"
 TOLERANCE="${TOLERANCE:-1e-4}"
 BURST_S="${BURST_S:-20}"
 BURST_WAVE="${BURST_WAVE:-64}"
-DEMO_MODEL="${DEMO_MODEL:-deepfake-detector/0.1.0-demo}"
+DEMO_MODEL="${DEMO_MODEL:-deepfake-detector/0.2.0-demo}"
 THROUGHPUT_ROUNDS="${THROUGHPUT_ROUNDS:-4}"
 THROUGHPUT_CPUS="${THROUGHPUT_CPUS:-$(nproc)}"
 THROUGHPUT_REQUESTS="${THROUGHPUT_REQUESTS:-300}"

@@ -36,7 +36,7 @@ if want == "cuda":
     assert chosen.startswith("cuda"), f"auto picked {chosen} on a GPU machine"
     print("GPU:", torch.cuda.get_device_name(0))
     assert Settings(device="auto").effective_max_batch_size == 32
-ckpt = "checkpoints/deepfake-detector/0.1.0-demo/model.pt"
+ckpt = "checkpoints/deepfake-detector/0.2.0-demo/model.pt"
 on_device = torch_backend.load(ckpt, torch.device(want))
 on_cpu = torch_backend.load(ckpt, torch.device("cpu"))
 crop = build_crop(on_cpu.metadata)

@@ -26,7 +26,7 @@ from src.core.device import DEVICE_PATTERN, available_cpus, resolve_device
 
 DEFAULT_DEV_API_KEY = "demo-key"
 MIN_PRODUCTION_KEY_LENGTH = 16
-DEFAULT_CHECKPOINT = Path("checkpoints/deepfake-detector/0.1.0-demo/model.pt")
+DEFAULT_CHECKPOINT = Path("checkpoints/deepfake-detector/0.2.0-demo/model.pt")
 # A model repository holds <model>/<version>/model.pt (src/models/repository.py lists it).
 CHECKPOINT_FILE = "model.pt"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

@@ -48,11 +48,14 @@ def frame_probs(backend: Backend) -> dict[str, list[float]]:
 
 @pytest.mark.parametrize("rule", AGGREGATE_RULES)
 def test_the_fake_video_scores_clearly_higher_under_each_rule(
-    frame_probs: dict[str, list[float]], rule: str
+    backend: Backend, frame_probs: dict[str, list[float]], rule: str
 ) -> None:
     real = aggregate(frame_probs["real_0"], rule)  # type: ignore[arg-type]
     fake = aggregate(frame_probs["fake_0"], rule)  # type: ignore[arg-type]
-    assert fake - real > 0.3, (rule, real, fake)
+    # Each rule puts the two videos on either side of the model's threshold, well apart (the
+    # calibrated scores sit closer to the middle than raw ones: T = 8.1 for the demo model).
+    assert real < backend.metadata.threshold <= fake, (rule, real, fake)
+    assert fake - real > 0.25, (rule, real, fake)
 
 
 def test_the_default_rule_gives_each_video_its_label(

@@ -176,7 +176,7 @@ async def set_traffic(
         dict[str, int],
         Body(
             description="percent per loaded version, summing to 100",
-            examples=[{"0.1.0-demo": 90, "0.2.0-demo": 10}],
+            examples=[{"0.2.0-demo": 90, "0.2.1-demo": 10}],
         ),
     ],
 ) -> ModelView:
