@@ -918,18 +918,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         file=sys.stderr,
                         flush=True,
                     )
-            params = build_params(
-                args.seed,
-                args.per_identity,
-                args.size,
-                args.split_seed,
-                args.xmanip_per_identity,
-                args.lowres_per_identity,
-                args.lowres_train_identities,
-                not args.no_videos,
-                args.val_identities,
-                args.test_identities,
-            )
+            params = build_params(**_shaping_args(args))
             fresh, why = up_to_date(Path(args.out), data_fingerprint(params, archives))
             if args.reuse and fresh:
                 print(f"{args.out} is up to date, not rebuilt: {why}", flush=True)
@@ -962,25 +951,33 @@ def _warn_missing(out: Path) -> None:
     print(f"{out}: {meta.get('total_images')} images, {len(meta.get('sources', {}))} identities")
 
 
+def _shaping_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's values of the parameters that shape the data (:func:`build_params`'s
+    and :func:`build`'s keywords alike), read from ``args`` in one place."""
+    return {
+        "seed": args.seed,
+        "per_identity": args.per_identity,
+        "size": args.size,
+        "split_seed": args.split_seed,
+        "xmanip_per_identity": args.xmanip_per_identity,
+        "lowres_per_identity": args.lowres_per_identity,
+        "lowres_train_identities": args.lowres_train_identities,
+        "videos": not args.no_videos,
+        "n_val": args.val_identities,
+        "n_test": args.test_identities,
+    }
+
+
 def _build_from_args(
     args: argparse.Namespace, command: str, archives: dict[str, Path], missing: list[str]
 ) -> None:
     build(
         args.out,
-        seed=args.seed,
-        per_identity=args.per_identity,
-        size=args.size,
-        split_seed=args.split_seed,
-        xmanip_per_identity=args.xmanip_per_identity,
         command=command,
         verbose=True,
         archives=archives,
         missing_packages=missing,
-        lowres_per_identity=args.lowres_per_identity,
-        lowres_train_identities=args.lowres_train_identities,
-        videos=not args.no_videos,
-        n_val=args.val_identities,
-        n_test=args.test_identities,
+        **_shaping_args(args),
     )
 
 
